@@ -1,0 +1,1 @@
+"""jetsaga: a saga orchestrator for e-commerce orders on NATS JetStream and PostgreSQL."""
