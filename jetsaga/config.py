@@ -98,7 +98,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             raise ConfigError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.payment_gateway not in ("stripe", "fake"):
-        raise ConfigError(f"PAYMENT_GATEWAY must be 'stripe' or 'fake', not {settings.payment_gateway!r}")
+        raise ConfigError(f"PAYMENT_GATEWAY must be stripe or fake: {settings.payment_gateway!r}")
     if settings.log_format not in ("json", "text"):
         raise ConfigError(f"LOG_FORMAT must be 'json' or 'text', not {settings.log_format!r}")
     for name in ("saga_timeout_s", "payment_timeout_s", "reservation_ttl_s"):

@@ -244,9 +244,7 @@ STREAMS: Final = (
 )
 
 CONSUMERS: Final = (
-    ConsumerSpec(
-        durable="inventory-service", stream="ORDERS", filter_subjects=(ORDERS_CREATED,)
-    ),
+    ConsumerSpec(durable="inventory-service", stream="ORDERS", filter_subjects=(ORDERS_CREATED,)),
     ConsumerSpec(
         durable="inventory-service-confirm", stream="ORDERS", filter_subjects=(ORDERS_CONFIRMED,)
     ),

@@ -1,0 +1,274 @@
+"""The one consumer loop every worker runs: the ack policy, written once.
+
+It fetches a batch from a durable pull consumer, decodes it, and hands the decoded batch to
+a handler that applies it in one transaction. Then:
+
+- success: ack every message (after the handler's commit);
+- a message that can never succeed (undecodable, fails its schema, `PermanentError`):
+  dead letter, then `term`;
+- a dependency that is away (`TransientError`, lost database connection, deadlock): keep the
+  batch, heartbeat it with `in_progress()` and retry it with back-off, so an outage does not
+  burn deliveries;
+- any other failure of a batch: retry message by message, so one bad message does not fail
+  its neighbours; a failing message is nak'ed with a delay that grows with its delivery
+  count, and on its last delivery it is dead-lettered and terminated.
+
+Handlers never see a NATS `Msg`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from jetsaga import contracts
+from jetsaga.contracts import MAX_DELIVER, ConsumerSpec
+from jetsaga.metrics import HANDLER_DURATION, MESSAGES_PROCESSED
+
+log = logging.getLogger(__name__)
+
+
+class PermanentError(Exception):
+    """The message can never be applied: dead-letter it at once."""
+
+
+class TransientError(Exception):
+    """A dependency is away: hold the message and retry without spending a delivery."""
+
+
+class _Abandoned(Exception):
+    """Shutting down while a batch was held: leave it unacked for another worker."""
+
+
+_TRANSIENT = (
+    TransientError,
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TransactionRollbackError,  # deadlock, serialization failure
+    asyncpg.InsufficientResourcesError,
+    asyncpg.InterfaceError,
+    nats.errors.Error,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One decoded message, as a handler sees it."""
+
+    subject: str
+    message: contracts.AnyMessage
+    msg_id: str  # Nats-Msg-Id, the causation id of whatever the handler emits
+    num_delivered: int
+    traceparent: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Inbox key of the logical message; equal across redeliveries and replays."""
+        return contracts.message_id(self.subject, self.message.order_id)
+
+
+# A handler applies a batch and returns how many of its messages were duplicates.
+Handler = Callable[[Sequence[Delivery]], Awaitable[int]]
+DeadLetterSink = Callable[[str, Msg, str], Awaitable[None]]
+
+
+def nak_delay(num_delivered: int) -> float:
+    """Back-off before the next delivery after a failed one: 1 s, 4 s, 16 s, …"""
+    return float(min(4 ** (num_delivered - 1), 60))
+
+
+class Consumer:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        spec: ConsumerSpec,
+        handler: Handler,
+        dead_letter: DeadLetterSink,
+        *,
+        batch: int = 200,
+        concurrency: int = 2,
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.spec = spec
+        self._js = js
+        self._handler = handler
+        self._dead_letter = dead_letter
+        self._batch = batch
+        self._concurrency = concurrency
+        self._on_commit = on_commit
+        self._heartbeat_s = max(1.0, min(10.0, spec.backoff_s[0] / 3))
+        self._stop = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        sub = await self._js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream)
+        async with asyncio.TaskGroup() as group:
+            for _ in range(self._concurrency):
+                group.create_task(self._loop(sub, stop))
+
+    async def _loop(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(self._batch, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except nats.errors.Error:
+                # Disconnected or reconnecting: nats-py reconnects by itself.
+                await asyncio.sleep(0.5)
+                continue
+            await self.process(msgs)
+
+    async def process(self, msgs: Sequence[Msg]) -> None:
+        started = time.perf_counter()
+        decoded: list[tuple[Msg, Delivery]] = []
+        for msg in msgs:
+            try:
+                decoded.append((msg, self._decode(msg)))
+            except PermanentError as exc:
+                await self._give_up(msg, str(exc))
+        if decoded:
+            await self._apply(decoded)
+        HANDLER_DURATION.labels(self.spec.durable).observe(time.perf_counter() - started)
+
+    def _decode(self, msg: Msg) -> Delivery:
+        headers = msg.headers or {}
+        try:
+            message = contracts.decode(msg.subject, msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise PermanentError(f"undecodable {msg.subject}: {exc}") from None
+        except KeyError:
+            raise PermanentError(f"subject {msg.subject} is not in the contract") from None
+        return Delivery(
+            subject=msg.subject,
+            message=message,
+            msg_id=headers.get(contracts.MSG_ID, ""),
+            num_delivered=msg.metadata.num_delivered,
+            traceparent=headers.get(contracts.TRACEPARENT),
+        )
+
+    async def _apply(self, batch: list[tuple[Msg, Delivery]]) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat([m for m, _ in batch]))  # noqa: RUF006 (cancelled below)
+        try:
+            await self._apply_held(batch)
+        except _Abandoned:
+            log.info("left a held batch for redelivery", extra={"durable": self.spec.durable})
+        finally:
+            heartbeat.cancel()
+
+    async def _apply_held(self, batch: list[tuple[Msg, Delivery]]) -> None:
+        failure = await self._run_held(batch)
+        if failure is None:
+            await self._ack(batch)
+            return
+        if len(batch) == 1:
+            await self._fail(*batch[0], failure)
+            return
+        for item in batch:  # isolate the bad message from its neighbours
+            failure = await self._run_held([item])
+            if failure is None:
+                await self._ack([item])
+            else:
+                await self._fail(*item, failure)
+
+    async def _run_held(self, batch: list[tuple[Msg, Delivery]]) -> BaseException | None:
+        """Run the handler; while a dependency is away, hold the batch and retry."""
+        attempt = 0
+        while True:
+            try:
+                duplicates = await self._handler([d for _, d in batch])
+            except _TRANSIENT as exc:
+                if self._stop.is_set():
+                    raise _Abandoned from exc
+                attempt += 1
+                if attempt == 1 or attempt % 20 == 0:
+                    log.warning(
+                        "dependency unavailable, holding batch",
+                        extra={
+                            "durable": self.spec.durable,
+                            "size": len(batch),
+                            "error": repr(exc),
+                            "attempt": attempt,
+                        },
+                    )
+                await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
+            except Exception as exc:
+                return exc
+            else:
+                if duplicates:
+                    MESSAGES_PROCESSED.labels(self.spec.durable, "duplicate").inc(duplicates)
+                MESSAGES_PROCESSED.labels(self.spec.durable, "acked").inc(len(batch) - duplicates)
+                self._on_commit()
+                return None
+
+    async def _heartbeat(self, msgs: list[Msg]) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            for msg in msgs:
+                try:
+                    await msg.in_progress()
+                except nats.errors.Error:
+                    pass  # reconnecting; the ack timer decides
+
+    async def _ack(self, batch: Sequence[tuple[Msg, Delivery]]) -> None:
+        for msg, delivery in batch:
+            try:
+                await msg.ack()
+            except nats.errors.Error:
+                # The effect is committed; a redelivery will be dropped by the inbox.
+                log.warning("ack failed", extra={"orderId": delivery.message.order_id})
+            log.debug(
+                "handled",
+                extra={
+                    "orderId": delivery.message.order_id,
+                    "subject": delivery.subject,
+                    "durable": self.spec.durable,
+                    "deliveries": delivery.num_delivered,
+                    "outcome": "acked",
+                },
+            )
+
+    async def _fail(self, msg: Msg, delivery: Delivery, exc: BaseException) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        extra = {
+            "orderId": delivery.message.order_id,
+            "subject": delivery.subject,
+            "durable": self.spec.durable,
+            "deliveries": delivery.num_delivered,
+        }
+        if isinstance(exc, PermanentError) or delivery.num_delivered >= MAX_DELIVER:
+            log.error(
+                "message failed for good",
+                extra={**extra, "outcome": "dead_lettered", "error": error},
+            )
+            await self._give_up(msg, error)
+            return
+        delay = nak_delay(delivery.num_delivered)
+        log.warning(
+            "message failed, will be redelivered",
+            exc_info=exc,
+            extra={**extra, "outcome": "nacked", "delaySeconds": delay},
+        )
+        MESSAGES_PROCESSED.labels(self.spec.durable, "nacked").inc()
+        await msg.nak(delay=delay)
+
+    async def _give_up(self, msg: Msg, error: str) -> None:
+        try:
+            await self._dead_letter(self.spec.durable, msg, error)
+        except Exception:
+            # Not recorded, so not terminated: it will come back and be tried again.
+            log.exception("dead letter not written", extra={"durable": self.spec.durable})
+            await msg.nak(delay=5.0)
+            return
+        MESSAGES_PROCESSED.labels(self.spec.durable, "dead_lettered").inc()
+        await msg.term()

@@ -1,0 +1,48 @@
+"""The inbox: which logical messages a consumer has already applied.
+
+A handler calls `claim` inside the transaction of its effects; a key it gets back is new and
+must be applied, a key it does not get back was applied before (redelivery, duplicate,
+replay) and must be skipped. The row commits or rolls back with the effect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeVar
+
+import asyncpg
+
+from jetsaga.consumer import Delivery
+
+RETENTION_DAYS = 31  # outlives the dead-letter stream's 30 days of replayable messages
+
+D = TypeVar("D", bound=Delivery)
+
+
+async def claim(conn: asyncpg.Connection, consumer: str, batch: Sequence[D]) -> list[D]:
+    """Record the batch's keys; return the deliveries not applied before, first of each key."""
+    if not batch:
+        return []
+    fresh = set(
+        await conn.fetchval(
+            "WITH ins AS (INSERT INTO processed_messages (consumer, msg_key)"
+            " SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING msg_key)"
+            " SELECT coalesce(array_agg(msg_key), '{}') FROM ins",
+            consumer,
+            [d.key for d in batch],
+        )
+    )
+    result: list[D] = []
+    for delivery in batch:
+        if delivery.key in fresh:
+            fresh.discard(delivery.key)
+            result.append(delivery)
+    return result
+
+
+async def prune(conn: asyncpg.Connection) -> int:
+    status: str = await conn.execute(
+        "DELETE FROM processed_messages WHERE processed_at < now() - make_interval(days => $1)",
+        RETENTION_DAYS,
+    )
+    return int(status.split()[-1])

@@ -1,0 +1,22 @@
+"""`jetsaga worker order|inventory|payment`: run one worker process."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+import uvloop
+
+from jetsaga import config, logs
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = config.load()
+    except config.ConfigError as exc:
+        print(f"jetsaga worker: {exc}")
+        return 2
+    logs.configure(f"{args.service}-service", settings.log_level, settings.log_format)
+    module = importlib.import_module(f"{args.service}_service.main")
+    uvloop.run(module.main(settings))
+    return 0
