@@ -1,0 +1,30 @@
+"""Composition root of the order service: HTTP intake, the saga coordinator on its two
+consumers, the timeout sweep and the metrics refresher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jetsaga import runtime
+from jetsaga.config import Settings
+from jetsaga.contracts import CONSUMERS_BY_DURABLE
+from order_service import api
+from order_service.handlers import Coordinator
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def wire(rt: runtime.Runtime) -> runtime.Parts:
+    coordinator = Coordinator(rt.pool, rt.settings, rt.relay)
+    return runtime.Parts(
+        consumers=[
+            (CONSUMERS_BY_DURABLE[d], coordinator.handler(d))
+            for d in ("order-service-inventory", "order-service-payment")
+        ],
+        routes=api.routes(rt.pool, rt.settings, rt.relay),
+        loops=[coordinator.sweep, coordinator.refresh_metrics],
+    )
+
+
+async def main(settings: Settings) -> None:
+    await runtime.serve("order", settings, MIGRATIONS, wire)

@@ -1,0 +1,304 @@
+"""All SQL of the order service: orders, sagas, their history and status counts.
+
+Functions take a connection (the caller owns the transaction), use `$n` parameters and array
+parameters for batches, and return Structs. Saga rows are locked in order-id order, so
+handlers on several consumers and replicas never deadlock each other.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+from collections.abc import Sequence
+
+import asyncpg
+import msgspec
+
+from jetsaga import contracts as c
+from jetsaga.outbox import Outgoing
+from order_service.saga import ORDER_STATUS, TERMINAL, Decision, Saga
+
+COUNT_SLOTS = 16
+_saga_encoder = msgspec.json.Encoder()
+_saga_decoder = msgspec.json.Decoder(Saga)
+_items_decoder = msgspec.json.Decoder(tuple[c.LineItem, ...])
+
+
+def ts(epoch: float | None) -> datetime.datetime | None:
+    return None if epoch is None else datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+
+
+class LockedSaga(msgspec.Struct, frozen=True):
+    saga: Saga
+    steps: int  # history records so far
+
+
+class NewOrder(msgspec.Struct, frozen=True, kw_only=True):
+    order: c.OrderCreated
+    idempotency_key: str | None
+    request_hash: str
+    first: Decision  # saga.start(...)
+    created: Outgoing  # the orders.created outbox message
+
+
+class ExistingOrder(msgspec.Struct, frozen=True):
+    order_id: str
+    request_hash: str
+    status: str
+    saga_status: str
+
+
+_CREATE = """
+WITH o AS (
+    INSERT INTO orders (order_id, customer_id, items, total_amount, currency,
+                        idempotency_key, request_hash, created_at, updated_at)
+    VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $8)
+    ON CONFLICT DO NOTHING
+    RETURNING order_id
+), s AS (
+    INSERT INTO sagas (order_id, status, state, deadline, started_at, steps, updated_at)
+    SELECT order_id, 'STARTED', $9, $10, $8, 1, $8 FROM o
+), h AS (
+    INSERT INTO saga_history (order_id, seq, at, saga_status, event)
+    SELECT order_id, 1, $8, 'STARTED', 'orders.created' FROM o
+), n AS (
+    INSERT INTO order_status_counts (status, slot, n) SELECT 'PENDING', $11, 1 FROM o
+    ON CONFLICT (status, slot) DO UPDATE SET n = order_status_counts.n + 1
+), x AS (
+    INSERT INTO outbox (subject, msg_id, payload, saga_id, traceparent)
+    SELECT $12, $13, $14, order_id, $15 FROM o
+)
+SELECT order_id FROM o
+"""
+
+
+async def create_order(conn: asyncpg.Connection, new: NewOrder) -> bool:
+    """Order, saga, first history record, count and `orders.created`, in one statement
+    (one implicit transaction). False if the order id or idempotency key already exists."""
+    order, saga, out = new.order, new.first.saga, new.created
+    row = await conn.fetchval(
+        _CREATE,
+        order.order_id, order.customer_id, msgspec.json.encode(order.items).decode(), order.total_amount,
+        order.currency, new.idempotency_key, new.request_hash, ts(saga.started_at),
+        _saga_encoder.encode(saga), ts(saga.deadline), random.randrange(COUNT_SLOTS),
+        out.subject, out.msg_id, out.payload, out.traceparent,
+    )  # fmt: skip
+    return row is not None
+
+
+async def find_existing(
+    conn: asyncpg.Connection, order_id: str, key: str | None
+) -> ExistingOrder | None:
+    row = await conn.fetchrow(
+        "SELECT o.order_id, o.request_hash, o.status, s.status AS saga_status"
+        " FROM orders o JOIN sagas s USING (order_id)"
+        " WHERE o.order_id = $1 OR ($2::text IS NOT NULL AND o.idempotency_key = $2)"
+        " ORDER BY (o.idempotency_key = $2) DESC NULLS LAST LIMIT 1",
+        order_id, key,
+    )  # fmt: skip
+    return None if row is None else ExistingOrder(*row.values())
+
+
+async def lock_sagas(conn: asyncpg.Connection, order_ids: Sequence[str]) -> dict[str, LockedSaga]:
+    rows = await conn.fetch(
+        "SELECT order_id, state, steps FROM sagas WHERE order_id = ANY($1::text[])"
+        " ORDER BY order_id FOR UPDATE",
+        sorted(set(order_ids)),
+    )
+    return {r["order_id"]: LockedSaga(_saga_decoder.decode(r["state"]), r["steps"]) for r in rows}
+
+
+async def lock_due_sagas(conn: asyncpg.Connection, now: float, limit: int) -> dict[str, LockedSaga]:
+    rows = await conn.fetch(
+        "SELECT order_id, state, steps FROM sagas WHERE deadline <= $1"
+        " ORDER BY deadline LIMIT $2 FOR UPDATE SKIP LOCKED",
+        ts(now), limit,
+    )  # fmt: skip
+    return {r["order_id"]: LockedSaga(_saga_decoder.decode(r["state"]), r["steps"]) for r in rows}
+
+
+_SAVE_SAGAS = """
+UPDATE sagas SET status = u.status, state = u.state, deadline = u.deadline, steps = u.steps,
+    ended_at = CASE WHEN u.terminal THEN $7 ELSE sagas.ended_at END,
+    compensating_at = CASE WHEN u.status = 'COMPENSATING' AND sagas.compensating_at IS NULL
+                           THEN $7 ELSE sagas.compensating_at END,
+    updated_at = $7
+FROM unnest($1::text[], $2::text[], $3::bytea[], $4::timestamptz[], $5::int[], $6::bool[])
+     AS u(order_id, status, state, deadline, steps, terminal)
+WHERE sagas.order_id = u.order_id
+"""
+_SAVE_HISTORY = """
+INSERT INTO saga_history (order_id, seq, at, saga_status, event, detail)
+SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::text[], $5::text[], $6::text[])
+"""
+_END_ORDERS = """
+WITH e AS (
+    UPDATE orders SET status = u.status, updated_at = $3
+    FROM unnest($1::text[], $2::text[]) AS u(order_id, status)
+    WHERE orders.order_id = u.order_id AND orders.status = 'PENDING'
+    RETURNING orders.status
+), d AS (SELECT status, count(*) AS k FROM e GROUP BY status
+         UNION ALL SELECT 'PENDING', -count(*) FROM e)
+INSERT INTO order_status_counts (status, slot, n) SELECT status, $4, k FROM d WHERE k <> 0
+ON CONFLICT (status, slot) DO UPDATE SET n = order_status_counts.n + excluded.n
+"""
+
+
+async def save(
+    conn: asyncpg.Connection, changes: Sequence[tuple[LockedSaga, Decision]], now: float
+) -> None:
+    """Write the new states, their history records and the ends of orders."""
+    if not changes:
+        return
+    at = ts(now)
+    ids, statuses, states, deadlines, steps, terminal = [], [], [], [], [], []
+    h_ids, h_seq, h_at, h_status, h_event, h_detail = [], [], [], [], [], []
+    ended_ids, ended_status = [], []
+    for locked, decision in changes:
+        saga = decision.saga
+        ids.append(saga.order_id)
+        statuses.append(saga.status.value)
+        states.append(_saga_encoder.encode(saga))
+        deadlines.append(ts(saga.deadline))
+        steps.append(locked.steps + len(decision.history))
+        terminal.append(saga.status in TERMINAL)
+        for i, step in enumerate(decision.history, start=locked.steps + 1):
+            h_ids.append(saga.order_id)
+            h_seq.append(i)
+            h_at.append(ts(step.at))
+            h_status.append(step.saga_status.value)
+            h_event.append(step.event)
+            h_detail.append(step.detail)
+        if saga.status in TERMINAL and locked.saga.status not in TERMINAL:
+            ended_ids.append(saga.order_id)
+            ended_status.append(ORDER_STATUS[saga.status])
+    await conn.execute(_SAVE_SAGAS, ids, statuses, states, deadlines, steps, terminal, at)
+    if h_ids:
+        await conn.execute(_SAVE_HISTORY, h_ids, h_seq, h_at, h_status, h_event, h_detail)
+    if ended_ids:
+        await conn.execute(_END_ORDERS, ended_ids, ended_status, at, random.randrange(COUNT_SLOTS))
+
+
+# --- reads for the HTTP API ----------------------------------------------------------
+
+
+class OrderView(msgspec.Struct, frozen=True, rename="camel"):
+    order_id: str
+    customer_id: str
+    items: tuple[c.LineItem, ...]
+    total_amount: int
+    currency: str
+    status: str
+    saga_status: str
+    reason: str | None
+    payment_id: str | None
+    reservation_id: str | None
+    created_at: str
+    updated_at: str
+    history: tuple[HistoryView, ...] = ()
+
+
+class HistoryView(msgspec.Struct, frozen=True, rename="camel"):
+    at: str
+    saga_status: str
+    event: str
+    detail: str | None
+
+
+def _iso(value: datetime.datetime) -> str:
+    return value.astimezone(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def _view(row: asyncpg.Record, history: tuple[HistoryView, ...] = ()) -> OrderView:
+    saga = _saga_decoder.decode(row["state"])
+    return OrderView(
+        order_id=row["order_id"], customer_id=row["customer_id"],
+        items=_items_decoder.decode(row["items"]), total_amount=row["total_amount"],
+        currency=row["currency"], status=row["status"], saga_status=saga.status.value,
+        reason=saga.reason, payment_id=saga.payment_id, reservation_id=saga.reservation_id,
+        created_at=_iso(row["created_at"]), updated_at=_iso(row["updated_at"]), history=history,
+    )  # fmt: skip
+
+
+_SELECT_VIEW = (
+    "SELECT o.order_id, o.customer_id, o.items::text AS items, o.total_amount, o.currency,"
+    " o.status, o.created_at, s.updated_at, s.state FROM orders o JOIN sagas s USING (order_id)"
+)
+
+
+async def get_order(conn: asyncpg.Connection, order_id: str) -> OrderView | None:
+    row = await conn.fetchrow(_SELECT_VIEW + " WHERE o.order_id = $1", order_id)
+    if row is None:
+        return None
+    steps = await conn.fetch(
+        "SELECT at, saga_status, event, detail FROM saga_history WHERE order_id = $1 ORDER BY seq",
+        order_id,
+    )
+    history = tuple(
+        HistoryView(_iso(s["at"]), s["saga_status"], s["event"], s["detail"]) for s in steps
+    )
+    return _view(row, history)
+
+
+async def list_orders(
+    conn: asyncpg.Connection,
+    customer_id: str | None,
+    status: str | None,
+    limit: int,
+    after: tuple[datetime.datetime, str] | None,
+) -> list[OrderView]:
+    """Newest first; `after` is the (created_at, order_id) of the previous page's last order."""
+    rows = await conn.fetch(
+        _SELECT_VIEW
+        + " WHERE ($1::text IS NULL OR o.customer_id = $1) AND ($2::text IS NULL OR o.status = $2)"
+        " AND ($3::timestamptz IS NULL OR (o.created_at, o.order_id) < ($3, $4))"
+        " ORDER BY o.created_at DESC, o.order_id DESC LIMIT $5",
+        customer_id, status, after[0] if after else None, after[1] if after else None, limit,
+    )  # fmt: skip
+    return [_view(r) for r in rows]
+
+
+async def created_at_of(conn: asyncpg.Connection, order_id: str) -> datetime.datetime | None:
+    value: datetime.datetime | None = await conn.fetchval(
+        "SELECT created_at FROM orders WHERE order_id = $1", order_id
+    )
+    return value
+
+
+# --- reads for metrics ---------------------------------------------------------------
+
+
+class SagaStats(msgspec.Struct, frozen=True):
+    status_counts: dict[str, int]
+    in_flight: int
+    oldest_in_flight_age_s: float
+    ended_recent: int
+    completed_recent: int
+    compensations_recent: int
+    compensated_recent: int
+
+
+async def saga_stats(conn: asyncpg.Connection, window_s: float) -> SagaStats:
+    counts = {r["status"]: int(r["n"]) for r in await conn.fetch(
+        "SELECT status, sum(n) AS n FROM order_status_counts GROUP BY status")}  # fmt: skip
+    row = await conn.fetchrow(
+        "SELECT"
+        " (SELECT extract(epoch FROM now() - min(started_at)) FROM sagas"
+        "   WHERE status NOT IN ('COMPLETED', 'FAILED', 'COMPENSATED')) AS oldest,"
+        " (SELECT count(*) FROM sagas WHERE ended_at > now() - make_interval(secs => $1)) AS ended,"
+        " (SELECT count(*) FROM sagas WHERE ended_at > now() - make_interval(secs => $1)"
+        "   AND status = 'COMPLETED') AS completed,"
+        " (SELECT count(*) FROM sagas WHERE compensating_at > now() - make_interval(secs => $1))"
+        "   AS compensations,"
+        " (SELECT count(*) FROM sagas WHERE compensating_at > now() - make_interval(secs => $1)"
+        "   AND status = 'COMPENSATED') AS compensated",
+        window_s,
+    )
+    assert row is not None
+    return SagaStats(
+        status_counts=counts,
+        in_flight=counts.get("PENDING", 0),
+        oldest_in_flight_age_s=float(row["oldest"] or 0.0),
+        ended_recent=row["ended"], completed_recent=row["completed"],
+        compensations_recent=row["compensations"], compensated_recent=row["compensated"],
+    )  # fmt: skip
