@@ -1,0 +1,76 @@
+"""Open-loop arrivals: when each order is due, and which kind of order it is.
+
+Order `i` is due at `start + i / rate`, whatever the system under test is doing, so a slow
+system cannot slow the sender (no coordinated omission). The order mix is decided by a
+low-discrepancy sequence, so every prefix of the run holds the asked-for ratios.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Final
+
+NS_PER_S: Final = 1_000_000_000
+_CATCH_UP_BURST: Final = 64
+_GOLDEN: Final = (math.sqrt(5.0) - 1.0) / 2.0  # frac(i * golden) is equidistributed in [0, 1)
+
+
+class Kind(enum.IntEnum):
+    """What an order is built to do, and the final status it should reach."""
+
+    OK = 0  # pm_card_visa on stocked products -> CONFIRMED
+    DECLINE = 1  # pm_card_chargeCustomerFail -> CANCELLED
+    OUT_OF_STOCK = 2  # asks for a product with no stock -> FAILED
+
+
+def order_count(rate: float, duration: float) -> int:
+    """How many orders a run of `duration` seconds at `rate` orders/s sends."""
+    if rate <= 0 or duration <= 0:
+        return 0
+    return max(1, round(rate * duration))
+
+
+def due_offset_ns(i: int, rate: float) -> int:
+    """Offset of order `i` from the start of the run, in nanoseconds."""
+    return round(i * NS_PER_S / rate)
+
+
+def kind_of(i: int, decline_ratio: float, out_of_stock_ratio: float) -> Kind:
+    """The kind of order `i`; over any run the kinds follow the two ratios."""
+    u = (i * _GOLDEN) % 1.0
+    if u < decline_ratio:
+        return Kind.DECLINE
+    if u < decline_ratio + out_of_stock_ratio:
+        return Kind.OUT_OF_STOCK
+    return Kind.OK
+
+
+def validate_ratios(decline_ratio: float, out_of_stock_ratio: float) -> None:
+    if not (0.0 <= decline_ratio <= 1.0 and 0.0 <= out_of_stock_ratio <= 1.0):
+        raise ValueError("ratios must be between 0 and 1")
+    if decline_ratio + out_of_stock_ratio > 1.0:
+        raise ValueError("--decline-ratio plus --out-of-stock-ratio must not exceed 1")
+
+
+async def pace(start_ns: int, count: int, rate: float) -> AsyncIterator[tuple[int, int]]:
+    """Yield `(i, due_ns)` for each order as its due time comes (monotonic clock).
+
+    Never waits for anything but the clock. When the loop falls behind, every order already
+    due is yielded at once, so a late sender catches up instead of drifting.
+    """
+    behind = 0
+    for i in range(count):
+        due = start_ns + due_offset_ns(i, rate)
+        wait_ns = due - time.monotonic_ns()
+        if wait_ns > 0:
+            behind = 0
+            await asyncio.sleep(wait_ns / NS_PER_S)
+        else:
+            behind += 1
+            if behind % _CATCH_UP_BURST == 0:
+                await asyncio.sleep(0)  # let responses in while catching up
+        yield i, due

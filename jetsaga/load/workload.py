@@ -1,0 +1,103 @@
+"""The orders a load run sends, and the products and stock it sets up for them.
+
+Every run uses its own product ids (`load-<runid>-<k>`), so stock checks at the end see
+only this run's orders. One extra product has no stock, for the out-of-stock share.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from typing import Final
+
+import msgspec
+
+from jetsaga.load.arrivals import Kind
+
+MAX_ITEMS: Final = 2
+MAX_QUANTITY: Final = 3
+CURRENCY: Final = "usd"
+PAYMENT_OK: Final = "pm_card_visa"
+PAYMENT_DECLINED: Final = "pm_card_chargeCustomerFail"
+OUT_OF_STOCK: Final = -1  # product index of the product with no stock
+_CUSTOMERS: Final = 1000
+
+
+class ItemBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    product_id: str
+    quantity: int
+    unit_price: int
+
+
+class OrderBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """`POST /orders` body (SPEC §2), with the client-made `orderId`."""
+
+    order_id: str
+    customer_id: str
+    items: list[ItemBody]
+    currency: str
+    payment_method: str
+
+
+# (product index, quantity); product index OUT_OF_STOCK is the product with no stock
+Line = tuple[int, int]
+
+
+class Order(msgspec.Struct, frozen=True):
+    order_id: str
+    body: bytes
+    lines: tuple[Line, ...]
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+class Workload:
+    """Builds order `i` of a run; deterministic for a given run id."""
+
+    def __init__(self, run_id: str, products: int) -> None:
+        if products < 1:
+            raise ValueError("--products must be at least 1")
+        self.run_id = run_id
+        self.product_ids = [f"load-{run_id}-{k}" for k in range(products)]
+        self.out_of_stock_id = f"load-{run_id}-oos"
+        self._prices = [500 + 100 * (k % 50) for k in range(products)]
+        self._rng = random.Random(run_id)
+        self._encoder = msgspec.json.Encoder()
+
+    def product_id(self, index: int) -> str:
+        return self.out_of_stock_id if index == OUT_OF_STOCK else self.product_ids[index]
+
+    def stock_per_product(self, orders: int) -> int:
+        """Enough stock that no stocked product runs out, even if every order asked for it."""
+        return orders * MAX_QUANTITY + orders // 10 + 100
+
+    def lines_for(self, kind: Kind) -> tuple[Line, ...]:
+        rng = self._rng
+        count = min(len(self.product_ids), rng.randint(1, MAX_ITEMS))
+        picked = rng.sample(range(len(self.product_ids)), count)
+        lines = [(k, rng.randint(1, MAX_QUANTITY)) for k in picked]
+        if kind is Kind.OUT_OF_STOCK:
+            # One line cannot be served; the whole order must fail and hold no stock.
+            lines[-1] = (OUT_OF_STOCK, 1)
+        return tuple(lines)
+
+    def build(self, i: int, kind: Kind) -> Order:
+        order_id = str(uuid.uuid4())
+        lines = self.lines_for(kind)
+        body = OrderBody(
+            order_id=order_id,
+            customer_id=f"load-{self.run_id}-c{i % _CUSTOMERS}",
+            items=[
+                ItemBody(
+                    product_id=self.product_id(k),
+                    quantity=q,
+                    unit_price=100 if k == OUT_OF_STOCK else self._prices[k],
+                )
+                for k, q in lines
+            ],
+            currency=CURRENCY,
+            payment_method=PAYMENT_DECLINED if kind is Kind.DECLINE else PAYMENT_OK,
+        )
+        return Order(order_id=order_id, body=self._encoder.encode(body), lines=lines)
