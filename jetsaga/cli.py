@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--json", dest="json_path", default=None, help="write the report here")
     load.add_argument("--chart", dest="chart_path", default=None, help="write a chart (.html)")
     load.add_argument("--no-progress", action="store_true")
+    load.add_argument("--connections", type=int, default=None, help="HTTP pool (default: rate)")
+    load.add_argument("--max-in-flight", type=int, default=10_000, help="cap on open POSTs")
 
     dlq = sub.add_parser("dlq", help="inspect and replay dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
