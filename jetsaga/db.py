@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -20,7 +21,7 @@ _MIGRATION_LOCK = 0x6A657473  # "jets": one lock id for every service's migratio
 
 async def ensure_database(url: str) -> None:
     """Create the database named in `url` on its server unless it exists."""
-    name = url.rsplit("/", 1)[1].split("?", 1)[0]
+    name = urlsplit(url).path.lstrip("/")
     conn = await asyncpg.connect(with_database(url, "postgres"))
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
