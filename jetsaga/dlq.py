@@ -80,11 +80,11 @@ async def command(args: argparse.Namespace, settings: config.Settings, out: Out 
             out(f"{count} dead letter(s)")
             return 0
         if args.dlq_command == "show":
-            letter = await get(js, args.id)
-            if letter is None:
+            shown = await get(js, args.id)
+            if shown is None:
                 out(f"no dead letter {args.id}")
                 return 1
-            out(msgspec.json.format(contracts.encode(letter)).decode())
+            out(msgspec.json.format(contracts.encode(shown)).decode())
             return 0
         targets = [(s, d) async for s, d in letters(js)] if args.all else []
         if not args.all:
