@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jetsaga.devstack.procs import Child, Server, free_port
+from jetsaga.devstack.procs import Child, ChildFailed, Server, free_port
 
 RUN_AS = "pgserver"
 READY_LINE = "database system is ready to accept connections"
@@ -114,11 +114,16 @@ class PostgresServer(Server):
             _chown_tree(self.data_dir, owner)
         self.data_dir.chmod(0o700)
         if not (self.data_dir / "PG_VERSION").exists():
-            subprocess.run(
+            initdb = subprocess.run(
                 [str(postgres_bin_dir() / "initdb"), "-D", str(self.data_dir), "--auth=trust",
                  "-U", "postgres", "--encoding=utf8", "--locale=C"],
-                check=True, capture_output=True, user=self.user, cwd="/", env=self.child.env,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                user=self.user, group=None if owner is None else owner.pw_gid,
+                extra_groups=None if owner is None else [],
+                cwd="/", env=self.child.env, check=False,
             )  # fmt: skip
+            if initdb.returncode != 0:
+                raise ChildFailed(f"initdb failed ({initdb.returncode}):\n{initdb.stdout}")
         self._clear_stale_pid_file()
         self.socket_dir = Path(tempfile.mkdtemp(prefix="jetsaga-pg-"))
         if owner is not None:

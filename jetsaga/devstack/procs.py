@@ -12,6 +12,7 @@ import asyncio
 import collections
 import ctypes
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -101,7 +102,11 @@ class Child:
             stderr=subprocess.STDOUT,
             env=None if self.env is None else dict(self.env),
             cwd=self.cwd,
+            # The user's own group and no others: root's groups would give root's group
+            # bits (not the o+x we grant) on directories owned by root.
             user=self.user,
+            group=None if self.user is None else pwd.getpwnam(self.user).pw_gid,
+            extra_groups=None if self.user is None else [],
             start_new_session=True,  # a Ctrl-C in the terminal reaches only us; we stop them
             preexec_fn=_die_with(os.getpid()) if _libc is not None else None,
         )
