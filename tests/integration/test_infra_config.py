@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import tomllib
 import urllib.error
 import urllib.parse
@@ -116,8 +117,9 @@ def _grafana_expanded(expr: str) -> str:
 
 
 def _nodes(tree: promql_parser.Expr) -> list[promql_parser.Expr]:
+    """Every node of the tree, depth first."""
     nodes: list[promql_parser.Expr] = []
-    promql_parser.walk(tree, lambda node: nodes.append(node) and None)
+    promql_parser.walk(tree, nodes.append)  # append returns None: walk on
     return nodes
 
 
@@ -138,8 +140,12 @@ def _check_matcher(sample: str, matcher: promql_parser.Matcher, where: str) -> N
     allowed = catalog.SERVICES if matcher.name == "job" else None
     if metric is not None and matcher.name in metric.labels:
         allowed = metric.labels[matcher.name]
-    if allowed is None or matcher.op in (promql_parser.MatchOp.NotEqual,):
+    if allowed is None or matcher.op in (
+        promql_parser.MatchOp.NotEqual,
+        promql_parser.MatchOp.NotRe,
+    ):
         return
+    # Regex matchers here are plain alternations (`order|payment`), so each branch is a value.
     values = matcher.value.split("|") if matcher.op == promql_parser.MatchOp.Re else [matcher.value]
     for value in values:
         assert value in allowed, f"{where}: {sample}{{{matcher.name}}} is never {value!r}"
@@ -487,17 +493,11 @@ def _catalog_registry() -> CollectorRegistry:
 
 
 def _wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    done = threading.Event()
-    deadline = threading.Timer(timeout, done.set)
-    deadline.start()
-    try:
-        while not done.is_set():
-            if check():
-                return
-            done.wait(0.2)
-        raise AssertionError(f"timed out waiting for {what}")
-    finally:
-        deadline.cancel()
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)  # polling interval of a condition, not a wait for time to pass
 
 
 def _query(base: str, expr: str) -> dict[str, Any]:
@@ -546,15 +546,15 @@ def prometheus_with_catalog() -> Iterator[str]:
             text=True,
         )
         base = f"http://127.0.0.1:{web_port}"
+        assert proc.stderr is not None
+        # Keep draining stderr once ready, so prometheus never blocks on a full pipe.
+        drain = threading.Thread(target=proc.stderr.read, daemon=True)
         try:
-            assert proc.stderr is not None
             for line in proc.stderr:
                 if "Server is ready to receive web requests" in line:
                     break
             else:
                 raise AssertionError("prometheus exited before it was ready")
-            # Keep draining stderr so prometheus never blocks on a full pipe.
-            drain = threading.Thread(target=proc.stderr.read, daemon=True)
             drain.start()
 
             def scraped_twice() -> bool:
@@ -566,7 +566,9 @@ def prometheus_with_catalog() -> Iterator[str]:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-            proc.stderr.close()  # type: ignore[union-attr]
+            if drain.is_alive():
+                drain.join(timeout=5)
+            proc.stderr.close()
             server.shutdown()
             server.server_close()
             thread.join(timeout=5)
@@ -580,6 +582,9 @@ def test_prometheus_evaluates_every_expression_without_error(
         body = _query(prometheus_with_catalog, _grafana_expanded(expr))
         if body.get("status") != "success":
             failures.append(f"{where}: {body.get('error')}")
+        elif where.startswith("dashboard:") and not body["data"]["result"]:
+            # Every series of the catalog exists here, so an empty panel is a broken query.
+            failures.append(f"{where}: no data")
     assert failures == []
 
 
@@ -588,6 +593,7 @@ def test_prometheus_loads_every_rule_healthy(prometheus_with_catalog: str) -> No
         with urllib.request.urlopen(f"{prometheus_with_catalog}/api/v1/rules", timeout=5) as r:
             groups = json.load(r)["data"]["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
+        # A rule not yet evaluated reports a lastEvaluation in year 0001.
         return (
             len(rules) == len(_rules())
             and all(rule.get("lastEvaluation", "").startswith("2") for rule in rules)
