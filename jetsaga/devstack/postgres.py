@@ -3,6 +3,9 @@ our child on 127.0.0.1 (not pgserver's own daemon, which detaches and listens on
 
 PostgreSQL refuses to run as root, so as root initdb and postgres run as the unprivileged
 user `pgserver`, who must own the data directory and be able to traverse its parents.
+
+Measured here (2 cores): a fresh initdb + start takes 0.8-0.95 s, a start on existing data
+0.04 s, a kill -9 then crash-recovery start 0.12-0.25 s.
 """
 
 from __future__ import annotations
