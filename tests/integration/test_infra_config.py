@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.metadata
-import importlib.util
 import json
 import re
 import shutil
@@ -27,7 +26,6 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import dockerfile
@@ -39,6 +37,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from jetsaga import config
 from jetsaga.cli import build_parser
+from tests.support import metrics_catalog as catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "infra" / "prometheus"
@@ -46,23 +45,6 @@ GRAFANA_DIR = ROOT / "infra" / "grafana"
 DASHBOARD = GRAFANA_DIR / "dashboards" / "saga-monitoring.json"
 COMPOSE = ROOT / "compose.dev.yaml"
 WORKERS = ("order", "payment", "inventory")
-
-
-def _load_catalog() -> ModuleType:
-    """tests/support/metrics_catalog.py, whether or not the repository root is on sys.path."""
-    try:
-        from tests.support import metrics_catalog
-    except ModuleNotFoundError:
-        path = ROOT / "tests" / "support" / "metrics_catalog.py"
-        spec = importlib.util.spec_from_file_location("metrics_catalog", path)
-        assert spec is not None and spec.loader is not None
-        metrics_catalog = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = metrics_catalog
-        spec.loader.exec_module(metrics_catalog)
-    return metrics_catalog
-
-
-catalog = _load_catalog()
 
 
 def _yaml(path: Path) -> Any:
