@@ -72,7 +72,7 @@ _CATALOG: Final = (
         "saga_success_rate",
         "gauge",
         _ORDER,
-        "COMPLETED among the sagas this worker ended in the last 5 minutes (0..1)",
+        "COMPLETED among sagas that ended in the last 5 minutes (0..1)",
     ),
     Metric(
         "saga_ended_total",
@@ -93,7 +93,7 @@ _CATALOG: Final = (
         "saga_compensation_success_rate",
         "gauge",
         _ORDER,
-        "COMPENSATED among compensations that ended in the last 5 minutes (0..1)",
+        "COMPENSATED among sagas that began compensating in the last 5 minutes (0..1)",
     ),
     Metric(
         "order_status_count",
@@ -142,7 +142,7 @@ _CATALOG: Final = (
         "handler_duration_seconds",
         "histogram",
         _EVERY,
-        "Time spent handling one message, decode to ack",
+        "Time to handle one fetched batch, commit included",
         {"durable": ALL_DURABLES},
     ),
     Metric(
