@@ -1,0 +1,1 @@
+"""The payment service: one Stripe PaymentIntent per order, charged at most once."""

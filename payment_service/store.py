@@ -1,0 +1,144 @@
+"""All SQL of the payment service: the `payments` table, one row per order.
+
+Writers never hold a row lock across a gateway call. They read a row, call the gateway, then
+compare-and-set on the `version` they read; a row that changed meanwhile is simply not
+returned, and the caller decides again from its new state. Every function works on a whole
+batch in one statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+_COLUMNS = (
+    "order_id, status, amount, currency, payment_method,"
+    " stripe_payment_intent_id AS intent_id, payment_id, refund_id, failure_reason,"
+    " version, created_at, updated_at"
+)
+_RETURNING = ", ".join("p." + c.strip() for c in _COLUMNS.split(","))
+
+
+class Payment(msgspec.Struct, frozen=True, kw_only=True):
+    order_id: str
+    status: str  # processing | succeeded | failed | voided | refunded
+    amount: int | None
+    currency: str | None
+    payment_method: str | None
+    intent_id: str | None
+    payment_id: str | None
+    refund_id: str | None
+    failure_reason: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    def __repr__(self) -> str:  # the payment method stays out of every log line
+        return f"Payment({self.order_id!r}, {self.status!r}, v{self.version})"
+
+
+class Opening(msgspec.Struct, frozen=True, kw_only=True):
+    """The row to create for an order that has none yet."""
+
+    order_id: str
+    status: str
+    amount: int | None = None
+    currency: str | None = None
+    payment_method: str | None = None
+
+
+class Change(msgspec.Struct, frozen=True, kw_only=True):
+    """A new status for a row still at `version`; None fields keep their value."""
+
+    order_id: str
+    version: int
+    status: str
+    payment_id: str | None = None
+    refund_id: str | None = None
+    failure_reason: str | None = None
+
+
+def _rows(records: Sequence[asyncpg.Record]) -> dict[str, Payment]:
+    return {r["order_id"]: Payment(**dict(r)) for r in records}
+
+
+async def seen(conn: asyncpg.Connection, consumer: str, keys: Sequence[str]) -> set[str]:
+    """Which inbox keys were already applied (written by `jetsaga.inbox.claim`)."""
+    rows = await conn.fetch(
+        "SELECT msg_key FROM processed_messages WHERE consumer = $1 AND msg_key = ANY($2::text[])",
+        consumer,
+        list(keys),
+    )
+    return {r["msg_key"] for r in rows}
+
+
+async def open_payments(conn: asyncpg.Connection, openings: Sequence[Opening]) -> None:
+    """Create the rows that do not exist yet; an existing row is left as it is."""
+    if not openings:
+        return
+    await conn.execute(
+        "INSERT INTO payments (order_id, status, amount, currency, payment_method)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])"
+        " ORDER BY 1 ON CONFLICT (order_id) DO NOTHING",
+        [o.order_id for o in openings],
+        [o.status for o in openings],
+        [o.amount for o in openings],
+        [o.currency for o in openings],
+        [o.payment_method for o in openings],
+    )
+
+
+async def load(
+    conn: asyncpg.Connection | asyncpg.Pool, order_ids: Sequence[str]
+) -> dict[str, Payment]:
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM payments WHERE order_id = ANY($1::text[])", list(order_ids)
+    )
+    return _rows(rows)
+
+
+async def record_intents(
+    conn: asyncpg.Connection, intents: Sequence[tuple[str, int, str]]
+) -> dict[str, Payment]:
+    """Record (order_id, version, intent_id) on rows still `processing` with no intent and
+    unchanged since read; returns the rows recorded."""
+    if not intents:
+        return {}
+    rows = await conn.fetch(
+        "UPDATE payments AS p SET stripe_payment_intent_id = c.intent_id,"
+        " version = p.version + 1, updated_at = now()"
+        " FROM unnest($1::text[], $2::int[], $3::text[]) AS c(order_id, version, intent_id)"
+        " WHERE p.order_id = c.order_id AND p.version = c.version"
+        " AND p.status = 'processing' AND p.stripe_payment_intent_id IS NULL"
+        f" RETURNING {_RETURNING}",
+        [i[0] for i in intents],
+        [i[1] for i in intents],
+        [i[2] for i in intents],
+    )
+    return _rows(rows)
+
+
+async def apply(conn: asyncpg.Connection, changes: Sequence[Change]) -> dict[str, Payment]:
+    """Apply the changes whose row is still at the version read; returns the new rows."""
+    if not changes:
+        return {}
+    rows = await conn.fetch(
+        "UPDATE payments AS p SET status = c.status,"
+        " payment_id = coalesce(c.payment_id, p.payment_id),"
+        " refund_id = coalesce(c.refund_id, p.refund_id),"
+        " failure_reason = coalesce(c.failure_reason, p.failure_reason),"
+        " version = p.version + 1, updated_at = now()"
+        " FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[])"
+        " AS c(order_id, version, status, payment_id, refund_id, failure_reason)"
+        f" WHERE p.order_id = c.order_id AND p.version = c.version RETURNING {_RETURNING}",
+        [c.order_id for c in changes],
+        [c.version for c in changes],
+        [c.status for c in changes],
+        [c.payment_id for c in changes],
+        [c.refund_id for c in changes],
+        [c.failure_reason for c in changes],
+    )
+    return _rows(rows)
