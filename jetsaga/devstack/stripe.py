@@ -14,6 +14,7 @@ import contextlib
 import os
 import pickle
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -34,9 +35,11 @@ class LocalStripe(Server):
         *,
         port: int | None = DEFAULT_PORT,
         store_path: Path | None = None,
-        log_path: Path,
+        log_path: Path | None = None,
     ) -> None:
         self.port = port if port is not None else free_port()
+        if log_path is None:
+            log_path = Path(tempfile.gettempdir()) / f"jetsaga-localstripe-{self.port}.log"
         argv = [sys.executable, "-m", "jetsaga.devstack.stripe", "--port", str(self.port)]
         if store_path is not None:
             argv += ["--store", str(store_path)]
