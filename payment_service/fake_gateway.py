@@ -8,7 +8,7 @@ create makes a second intent, so a test sees any double charge our own records l
 
 from __future__ import annotations
 
-import itertools
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -23,6 +23,11 @@ from payment_service.gateway import (
     Rejected,
     Unavailable,
 )
+
+
+def _new_id(prefix: str) -> str:
+    """Unique across processes and restarts, as a worker's ids land in a shared database."""
+    return f"{prefix}_fake{uuid.uuid4().hex[:20]}"
 
 
 @dataclass
@@ -46,7 +51,6 @@ class FakeGateway:
     calls: Counter[str] = field(default_factory=Counter)
     is_down: bool = False
     _failures: Counter[str] = field(default_factory=Counter)
-    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     # --- test controls ------------------------------------------------------------------
 
@@ -92,7 +96,7 @@ class FakeGateway:
         self._enter("create")
         if not payment_method.startswith("pm_card_"):
             raise Rejected("resource_missing")
-        intent = FakeIntent(f"pi_fake{next(self._ids)}", order_id, amount, currency, payment_method)
+        intent = FakeIntent(_new_id("pi"), order_id, amount, currency, payment_method)
         self.intents[intent.id] = intent
         return intent.view()
 
@@ -126,7 +130,7 @@ class FakeGateway:
         if intent.status != SUCCEEDED:
             raise Rejected("charge_not_succeeded")
         if intent.refund_id is None:
-            intent.refund_id = f"re_fake{next(self._ids)}"
+            intent.refund_id = _new_id("re")
         return intent.refund_id
 
     async def close(self) -> None:

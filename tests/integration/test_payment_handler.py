@@ -1,0 +1,355 @@
+"""The payment handler against a real PostgreSQL with the in-process fake gateway (the subject
+here is our own logic): an order is charged at most once whatever is redelivered, replayed,
+interrupted or raced, and every command gets its answer through the outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from jetsaga import config, contracts, db
+from jetsaga.consumer import Delivery
+from jetsaga.contracts import (
+    AnyMessage,
+    PaymentFailed,
+    PaymentRefunded,
+    PaymentSucceeded,
+    ProcessPayment,
+    RefundPayment,
+)
+from payment_service import store
+from payment_service.fake_gateway import FakeGateway
+from payment_service.gateway import Intent, Unavailable
+from payment_service.handlers import PaymentHandler
+from payment_service.main import MIGRATIONS
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    url = config.with_database(database_url, f"payment_t_{uuid.uuid4().hex[:12]}")
+    await db.ensure_database(url)
+    p = await db.create_pool(url, 8)
+    await db.migrate(p, [db.SHARED_MIGRATIONS, MIGRATIONS])
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+def gateway() -> FakeGateway:
+    return FakeGateway()
+
+
+@pytest.fixture
+def handler(pool: asyncpg.Pool, gateway: FakeGateway) -> PaymentHandler:
+    return PaymentHandler(pool, gateway)
+
+
+def new_order() -> str:
+    return str(uuid.uuid4())
+
+
+def delivery(message: AnyMessage) -> Delivery:
+    subject = contracts.subject_of(message)
+    return Delivery(subject, message, contracts.message_id(subject, message.order_id), 1)
+
+
+def process(order_id: str, pm: str = "pm_card_visa", amount: int = 1999) -> Delivery:
+    return delivery(ProcessPayment(order_id=order_id, customer_id="c-1", amount=amount,
+                                   currency="usd", payment_method=pm))  # fmt: skip
+
+
+def refund(order_id: str, payment_id: str | None = None) -> Delivery:
+    return delivery(RefundPayment(order_id=order_id, payment_id=payment_id, reason="timeout"))
+
+
+async def answers(pool: asyncpg.Pool, order_id: str) -> list[AnyMessage]:
+    rows = await pool.fetch(
+        "SELECT subject, payload FROM outbox WHERE saga_id = $1 ORDER BY id", order_id
+    )
+    return [contracts.decode(r["subject"], r["payload"]) for r in rows]
+
+
+async def payment(pool: asyncpg.Pool, order_id: str) -> store.Payment:
+    return (await store.load(pool, [order_id]))[order_id]
+
+
+async def forget_inbox(pool: asyncpg.Pool, order_id: str) -> None:
+    """As if the inbox row had aged out, or the command came back under another key."""
+    await pool.execute("DELETE FROM processed_messages WHERE msg_key LIKE $1", f"%:{order_id}")
+
+
+def counted(status: str) -> float:
+    return REGISTRY.get_sample_value("payments_processed_total", {"status": status}) or 0.0
+
+
+async def test_charges_once_and_answers_succeeded(
+    handler: PaymentHandler, gateway: FakeGateway, pool: asyncpg.Pool
+) -> None:
+    order, before = new_order(), counted("succeeded")
+    assert await handler([process(order)]) == 0
+    row = await payment(pool, order)
+    assert (row.status, row.amount, row.payment_id) == ("succeeded", 1999, row.intent_id)
+    assert await answers(pool, order) == [PaymentSucceeded(
+        order_id=order, payment_id=row.intent_id or "", amount=1999,
+        stripe_payment_intent_id=row.intent_id or "")]  # fmt: skip
+    assert gateway.charged(order) == 1 and len(gateway.intents_of(order)) == 1
+    assert gateway.intents_of(order)[0].payment_method == "pm_card_visa"
+    assert counted("succeeded") == before + 1
+
+
+async def test_a_redelivered_process_request_after_success_changes_nothing(
+    handler: PaymentHandler, gateway: FakeGateway, pool: asyncpg.Pool
+) -> None:
+    order = new_order()
+    await handler([process(order)])
+    calls, before = sum(gateway.calls.values()), counted("succeeded")
+    assert await handler([process(order), process(order)]) == 2  # both are duplicates
+    assert sum(gateway.calls.values()) == calls
+    assert len(await answers(pool, order)) == 1
+    assert counted("succeeded") == before
+
+
+async def test_a_replay_the_inbox_forgot_reemits_success_without_charging(
+    handler: PaymentHandler, gateway: FakeGateway, pool: asyncpg.Pool
+) -> None:
+    order = new_order()
+    await handler([process(order)])
+    await forget_inbox(pool, order)
+    calls, before = sum(gateway.calls.values()), counted("succeeded")
+    assert await handler([process(order)]) == 0
+    first, again = await answers(pool, order)
+    assert first == again and isinstance(again, PaymentSucceeded)
+    assert sum(gateway.calls.values()) == calls and gateway.charged(order) == 1
+    assert counted("succeeded") == before  # a re-emit is not a new outcome
+
+
+async def test_declined_card_fails_with_card_declined(
+    handler: PaymentHandler, gateway: FakeGateway, pool: asyncpg.Pool
+) -> None:
+    order, before = new_order(), counted("failed")
+    await handler([process(order, "pm_card_chargeCustomerFail")])
+    row = await payment(pool, order)
+    assert (row.status, row.failure_reason) == ("failed", "card_declined")
+    [answer] = await answers(pool, order)
+    assert isinstance(answer, PaymentFailed) and answer.reason == "card_declined"
+    assert gateway.charged(order) == 0 and counted("failed") == before + 1
+
+
+async def test_an_invalid_payment_method_fails_with_the_gateway_code(
+    handler: PaymentHandler, pool: asyncpg.Pool
+) -> None:
+    order = new_order()
+    await handler([process(order, "pm_nonexistent")])
+    [answer] = await answers(pool, order)
+    assert isinstance(answer, PaymentFailed) and answer.reason == "resource_missing"
+
+
+async def test_refund_after_success_refunds_once(
+    handler: PaymentHandler, gateway: FakeGateway, pool: asyncpg.Pool
+) -> None:
+    order, before = new_order(), counted("refunded")
+    await handler([process(order)])
+    intent = (await payment(pool, order)).intent_id
+    await handler([refund(order, intent)])
+    row = await payment(pool, order)
+    assert row.status == "refunded" and row.refund_id
+    expected = PaymentRefunded(order_id=order, payment_id=intent, refund_id=row.refund_id)
+    assert (await answers(pool, order))[1:] == [expected]
+    await forget_inbox(pool, order)
+    await handler([refund(order, intent)])  # replayed: the same answer, no second refund
+    assert (await answers(pool, order))[1:] == [expected, expected]
+    assert gateway.calls["refund"] == 1 and gateway.charged(order) == 0
+    assert counted("refunded") == before + 1
+
+
+async def test_refund_before_charge_voids_and_a_later_process_never_charges(
+    handler: PaymentHandler, gateway: FakeGateway, pool: asyncpg.Pool
+) -> None:
+    order = new_order()
+    await handler([refund(order)])
+    assert (await payment(pool, order)).status == "voided"
+    await handler([process(order)])
+    refunded, failed = await answers(pool, order)
+    assert refunded == PaymentRefunded(order_id=order, payment_id=None, refund_id=None)
+    assert isinstance(failed, PaymentFailed) and failed.reason == "cancelled"
+    assert not gateway.calls
+
+
+async def test_refund_of_a_declined_payment_refunds_nothing(
+    handler: PaymentHandler, gateway: FakeGateway, pool: asyncpg.Pool
+) -> None:
+    order = new_order()
+    await handler([process(order, "pm_card_chargeCustomerFail")])
+    await handler([refund(order)])
+    assert (await answers(pool, order))[1] == PaymentRefunded(order_id=order)
+    assert gateway.calls["refund"] == 0
+
+
+async def test_transient_failure_keeps_the_row_processing_and_a_retry_completes_it(
+    handler: PaymentHandler, gateway: FakeGateway, pool: asyncpg.Pool
+) -> None:
+    order = new_order()
+    gateway.fail("create")
+    with pytest.raises(Unavailable):
+        await handler([process(order)])
+    row = await payment(pool, order)
+    assert (row.status, row.intent_id) == ("processing", None)
+    gateway.fail("confirm")
+    with pytest.raises(Unavailable):
+        await handler([process(order)])
+    row = await payment(pool, order)
+    assert row.status == "processing" and row.intent_id  # maybe charged: the intent is known
+    assert await answers(pool, order) == []
+    await handler([process(order)])
+    assert (await payment(pool, order)).status == "succeeded"
+    assert len(gateway.intents_of(order)) == 1 and gateway.charged(order) == 1
+
+
+async def test_refund_while_processing_cancels_the_recorded_intent(
+    handler: PaymentHandler, gateway: FakeGateway, pool: asyncpg.Pool
+) -> None:
+    order = new_order()
+    gateway.fail("confirm")
+    with pytest.raises(Unavailable):
+        await handler([process(order)])
+    await handler([refund(order)])
+    [intent] = gateway.intents_of(order)
+    assert intent.status == "canceled" and (await payment(pool, order)).status == "voided"
+    await handler([process(order)])  # the held process request, retried
+    refunded, failed = await answers(pool, order)
+    assert refunded == PaymentRefunded(order_id=order)
+    assert isinstance(failed, PaymentFailed) and failed.reason == "cancelled"
+    assert gateway.charged(order) == 0
+
+
+class LosesConfirmAnswers(FakeGateway):
+    """Charges, then loses the answer: the timeout after which an order is maybe charged."""
+
+    async def confirm_intent(self, order_id: str, intent_id: str) -> Intent:
+        await super().confirm_intent(order_id, intent_id)
+        raise Unavailable("answer lost")
+
+
+async def test_refund_while_processing_refunds_a_charge_whose_answer_was_lost(
+    pool: asyncpg.Pool,
+) -> None:
+    gateway = LosesConfirmAnswers()
+    handler, order = PaymentHandler(pool, gateway), new_order()
+    with pytest.raises(Unavailable):
+        await handler([process(order)])
+    assert gateway.charged(order) == 1 and (await payment(pool, order)).status == "processing"
+    await handler([refund(order)])
+    row = await payment(pool, order)
+    assert (row.status, row.payment_id) == ("refunded", row.intent_id) and row.refund_id
+    await handler([process(order)])
+    refunded, failed = await answers(pool, order)
+    assert refunded == PaymentRefunded(order_id=order, payment_id=row.intent_id,
+                                       refund_id=row.refund_id)  # fmt: skip
+    assert isinstance(failed, PaymentFailed) and failed.reason == "cancelled"
+    assert gateway.charged(order) == 0 and len(gateway.intents_of(order)) == 1
+
+
+async def test_process_then_refund_in_one_batch_apply_in_order(
+    handler: PaymentHandler, gateway: FakeGateway, pool: asyncpg.Pool
+) -> None:
+    order = new_order()
+    await handler([process(order), refund(order)])
+    succeeded, refunded = await answers(pool, order)
+    assert isinstance(succeeded, PaymentSucceeded) and isinstance(refunded, PaymentRefunded)
+    assert refunded.refund_id and gateway.charged(order) == 0
+
+
+async def test_a_transient_order_does_not_hold_back_its_neighbours(
+    handler: PaymentHandler, gateway: FakeGateway, pool: asyncpg.Pool
+) -> None:
+    first, second = new_order(), new_order()
+    gateway.fail("create")  # whichever order asks first
+    batch = [process(first), process(second)]
+    with pytest.raises(Unavailable):
+        await handler(batch)
+    statuses = {(await payment(pool, o)).status for o in (first, second)}
+    assert statuses == {"processing", "succeeded"}
+    assert await handler(batch) == 1  # the one committed before is now a duplicate
+    for order in (first, second):
+        assert gateway.charged(order) == 1 and len(await answers(pool, order)) == 1
+
+
+async def test_a_later_command_of_an_unfinished_order_waits_for_it(
+    handler: PaymentHandler, gateway: FakeGateway, pool: asyncpg.Pool
+) -> None:
+    order = new_order()
+    gateway.fail("create")
+    with pytest.raises(Unavailable):
+        await handler([process(order), refund(order)])
+    assert (await payment(pool, order)).status == "processing"
+    await handler([process(order), refund(order)])
+    assert [type(m) for m in await answers(pool, order)] == [PaymentSucceeded, PaymentRefunded]
+
+
+async def test_concurrent_workers_charge_an_order_once(
+    pool: asyncpg.Pool, gateway: FakeGateway
+) -> None:
+    orders = [new_order() for _ in range(20)]
+    workers = [PaymentHandler(pool, gateway) for _ in range(3)]
+    await asyncio.gather(*(w([process(o) for o in orders]) for w in workers))
+    for order in orders:
+        assert gateway.charged(order) == 1
+        assert (await payment(pool, order)).status == "succeeded"
+        [answer] = await answers(pool, order)
+        assert isinstance(answer, PaymentSucceeded)
+
+
+async def test_concurrent_refund_and_charge_never_keep_money(
+    pool: asyncpg.Pool, gateway: FakeGateway
+) -> None:
+    orders = [new_order() for _ in range(30)]
+    charger, refunder = PaymentHandler(pool, gateway), PaymentHandler(pool, gateway)
+    await asyncio.gather(charger([process(o) for o in orders]),
+                         refunder([refund(o) for o in orders]))  # fmt: skip
+    for order in orders:
+        assert gateway.charged(order) == 0
+        row = await payment(pool, order)
+        assert row.status in ("voided", "refunded")
+        kinds = {type(m) for m in await answers(pool, order)}
+        assert PaymentSucceeded not in kinds or row.status == "refunded"
+
+
+class CountingPool:
+    """Counts the connections a handler takes: one per transaction in this handler."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool, self.acquired = pool, 0
+
+    def acquire(self) -> AbstractAsyncContextManager[Any]:
+        self.acquired += 1
+        return self.pool.acquire()
+
+
+@pytest.mark.parametrize(
+    "make, transactions",
+    [
+        (lambda o: [process(o, "pm_card_visa")], 3),
+        (lambda o: [process(o, "pm_card_chargeCustomerFail")], 3),
+        (lambda o: [refund(o)], 2),
+    ],
+)
+async def test_a_batch_of_200_takes_at_most_three_transactions(
+    pool: asyncpg.Pool, gateway: FakeGateway, make: Any, transactions: int
+) -> None:
+    counting = CountingPool(pool)
+    handler = PaymentHandler(counting, gateway)  # type: ignore[arg-type]
+    batch: Sequence[Delivery] = [d for _ in range(200) for d in make(new_order())]
+    await handler(batch)
+    assert counting.acquired == transactions
+    counting.acquired = 0
+    assert await handler(batch) == 200  # redelivered: one transaction finds them all done
+    assert counting.acquired == 2
