@@ -1,0 +1,210 @@
+"""All SQL of the inventory service. Each function runs in the caller's transaction.
+
+Lock order, which keeps concurrent batches free of deadlocks: reservation rows first (by
+order id), then stock rows (by product id). Every writer of stock locks its rows with a
+sorted `SELECT ... FOR UPDATE` before it writes them back in one statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+from inventory_service.domain import Delta, Reservation
+
+
+class StockLevel(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    product_id: str
+    available: int
+    reserved: int
+    sold: int
+
+
+class Locked(msgspec.Struct, frozen=True, kw_only=True):
+    available: dict[str, int]  # locked stock rows; unknown products are absent
+    orders_with_rows: frozenset[str]  # orders that already have a reservation row
+
+
+async def get_stock(conn: asyncpg.Connection, product_id: str) -> StockLevel | None:
+    row = await conn.fetchrow(
+        "SELECT product_id, available, reserved, sold FROM stock WHERE product_id = $1",
+        product_id,
+    )
+    return None if row is None else StockLevel(**dict(row))
+
+
+async def set_available(conn: asyncpg.Connection, product_id: str, available: int) -> StockLevel:
+    row = await conn.fetchrow(
+        "INSERT INTO stock (product_id, available) VALUES ($1, $2) ON CONFLICT (product_id)"
+        " DO UPDATE SET available = EXCLUDED.available, updated_at = now()"
+        " RETURNING product_id, available, reserved, sold",
+        product_id,
+        available,
+    )
+    return StockLevel(**dict(row))
+
+
+async def lock_for_reserve(
+    conn: asyncpg.Connection, product_ids: Sequence[str], order_ids: Sequence[str]
+) -> Locked:
+    """Lock the products of a batch of new orders, and find the orders already seen."""
+    rows = await conn.fetch(
+        "WITH locked AS (SELECT product_id, available FROM stock"
+        "  WHERE product_id = ANY($1::text[]) ORDER BY product_id FOR UPDATE)"
+        " SELECT product_id AS id, available, false AS is_order FROM locked"
+        " UNION ALL"
+        " SELECT order_id, 0, true FROM reservations WHERE order_id = ANY($2::text[])",
+        sorted(set(product_ids)),
+        list(order_ids),
+    )
+    return Locked(
+        available={r["id"]: r["available"] for r in rows if not r["is_order"]},
+        orders_with_rows=frozenset(r["id"] for r in rows if r["is_order"]),
+    )
+
+
+async def lock_stock(conn: asyncpg.Connection, product_ids: Sequence[str]) -> dict[str, int]:
+    if not product_ids:
+        return {}
+    rows = await conn.fetch(
+        "SELECT product_id, available FROM stock WHERE product_id = ANY($1::text[])"
+        " ORDER BY product_id FOR UPDATE",
+        sorted(set(product_ids)),
+    )
+    return {r["product_id"]: r["available"] for r in rows}
+
+
+# Applies a batch's net stock changes ($1..$4) to rows the batch has locked.
+_MOVE = """moved AS (
+    UPDATE stock SET available = stock.available + d.available,
+        reserved = stock.reserved + d.reserved, sold = stock.sold + d.sold, updated_at = now()
+    FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
+        AS d (product_id, available, reserved, sold)
+    WHERE stock.product_id = d.product_id)"""
+
+
+def _delta_args(deltas: Sequence[Delta]) -> tuple[list[str], list[int], list[int], list[int]]:
+    return (
+        [d.product_id for d in deltas],
+        [d.available for d in deltas],
+        [d.reserved for d in deltas],
+        [d.sold for d in deltas],
+    )
+
+
+async def open_reservations(
+    conn: asyncpg.Connection, deltas: Sequence[Delta], opened: Sequence[Reservation]
+) -> None:
+    """Write stock changes, the new reservations and their items in one statement."""
+    lines = [(r.order_id, p, q) for r in opened for p, q in r.items.items()]
+    await conn.execute(
+        f"WITH {_MOVE}, opened AS (INSERT INTO reservations"
+        "  (order_id, reservation_id, status, expires_at)"
+        "  SELECT o, r, 'reserved', e FROM unnest($5::text[], $6::uuid[], $7::timestamptz[])"
+        "  AS n (o, r, e))"
+        " INSERT INTO reservation_items (order_id, product_id, quantity)"
+        " SELECT * FROM unnest($8::text[], $9::text[], $10::bigint[])",
+        *_delta_args(deltas),
+        [r.order_id for r in opened],
+        [r.reservation_id for r in opened],
+        [r.expires_at for r in opened],
+        [line[0] for line in lines],
+        [line[1] for line in lines],
+        [line[2] for line in lines],
+    )
+
+
+async def insert_tombstones(
+    conn: asyncpg.Connection, order_ids: Sequence[str], reasons: Sequence[str]
+) -> set[str]:
+    """Mark orders with no reservation row as released; returns the orders marked now.
+
+    It waits for a concurrent reservation of the same order to commit or roll back, so a
+    later statement of this transaction sees that reservation.
+    """
+    marked = await conn.fetch(
+        "INSERT INTO reservations (order_id, status, reason)"
+        " SELECT o, 'released', r FROM unnest($1::text[], $2::text[]) AS t (o, r)"
+        " ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
+        list(order_ids),
+        list(reasons),
+    )
+    return {r["order_id"] for r in marked}
+
+
+def _reservations(rows: Sequence[asyncpg.Record]) -> dict[str, Reservation]:
+    found: dict[str, Reservation] = {}
+    for row in rows:
+        order_id = row["order_id"]
+        if order_id not in found:
+            rid = row["reservation_id"]
+            found[order_id] = Reservation(
+                order_id=order_id,
+                reservation_id=None if rid is None else str(rid),
+                status=row["status"],
+                items={},
+                expires_at=row["expires_at"],
+            )
+        if row["product_id"] is not None:
+            found[order_id].items[row["product_id"]] = row["quantity"]
+    return found
+
+
+_RESERVATION_COLUMNS = (
+    "r.order_id, r.reservation_id, r.status, r.expires_at, i.product_id, i.quantity"
+)
+
+
+async def lock_reservations(
+    conn: asyncpg.Connection, order_ids: Sequence[str]
+) -> dict[str, Reservation]:
+    if not order_ids:
+        return {}
+    rows = await conn.fetch(
+        f"SELECT {_RESERVATION_COLUMNS} FROM reservations r"
+        " LEFT JOIN reservation_items i USING (order_id)"
+        " WHERE r.order_id = ANY($1::text[]) ORDER BY r.order_id FOR UPDATE OF r",
+        sorted(set(order_ids)),
+    )
+    return _reservations(rows)
+
+
+async def lock_due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[Reservation]:
+    """Lock up to `limit` open reservations expired at `now`, skipping those another
+    transaction holds (another replica's sweep, or a confirm or release in flight)."""
+    rows = await conn.fetch(
+        "WITH due AS (SELECT order_id, reservation_id, status, expires_at FROM reservations"
+        "  WHERE status = 'reserved' AND expires_at < $1"
+        "  ORDER BY expires_at, order_id LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        f" SELECT {_RESERVATION_COLUMNS} FROM due r LEFT JOIN reservation_items i USING (order_id)",
+        now,
+        limit,
+    )
+    return list(_reservations(rows).values())
+
+
+async def close_reservations(
+    conn: asyncpg.Connection,
+    deltas: Sequence[Delta],
+    closed: Sequence[tuple[str, str | None]],
+    status: str,
+) -> None:
+    """Write stock changes and the new status of (order id, reason) reservations at once."""
+    await conn.execute(
+        f"WITH {_MOVE} UPDATE reservations SET status = $5,"
+        " reason = coalesce(c.reason, reservations.reason), updated_at = now()"
+        " FROM unnest($6::text[], $7::text[]) AS c (order_id, reason)"
+        " WHERE reservations.order_id = c.order_id",
+        *_delta_args(deltas),
+        status,
+        [order_id for order_id, _ in closed],
+        [reason for _, reason in closed],
+    )
+
+
+async def count_active(conn: asyncpg.Connection) -> int:
+    count: int = await conn.fetchval("SELECT count(*) FROM reservations WHERE status = 'reserved'")
+    return count
