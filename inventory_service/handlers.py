@@ -1,0 +1,122 @@
+"""The inventory service's three consumers (SPEC §3, §4.3).
+
+Each applies its whole batch in one transaction: claim the batch in the inbox (a message
+applied before is skipped), lock the rows it changes, let `rules` decide in the batch's
+order, write the plan back in one statement, and enqueue the events it emits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import asyncpg
+
+from inventory_service import rules, store
+from inventory_service.domain import CONFIRMED, RELEASED, RESERVED
+from jetsaga import inbox, outbox
+from jetsaga.consumer import Delivery, PermanentError
+from jetsaga.contracts import OrderConfirmed, OrderCreated, ReleaseInventory
+
+log = logging.getLogger(__name__)
+
+RESERVE = "inventory-service"
+CONFIRM = "inventory-service-confirm"
+RELEASE = "inventory-service-release"
+
+M = TypeVar("M", OrderCreated, ReleaseInventory, OrderConfirmed)
+
+# Outcomes worth more than an info line: each is a saga bug or needs a human.
+_LEVELS = {"confirmed_not_released": logging.ERROR, "confirmed_from_available": logging.WARNING}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _typed(batch: Sequence[Delivery], kind: type[M]) -> list[M]:
+    messages: list[M] = []
+    for delivery in batch:
+        if not isinstance(delivery.message, kind):
+            raise PermanentError(f"{delivery.subject} does not carry {kind.__name__}")
+        messages.append(delivery.message)
+    return messages
+
+
+def emitted(batch: Sequence[Delivery], plan: rules.Plan, **extra: Any) -> list[outbox.Outgoing]:
+    """Log each decision with its order id; the events to enqueue, caused by their message."""
+    out = []
+    for delivery, decision in zip(batch, plan.decisions, strict=True):
+        fields = {"orderId": decision.order_id, "outcome": decision.outcome, **extra}
+        log.log(_LEVELS.get(decision.outcome, logging.INFO), decision.outcome, extra=fields)
+        if decision.event is not None:
+            out.append(outbox.outgoing(decision.event, delivery.msg_id, delivery.traceparent))
+    return out
+
+
+class Handlers:
+    def __init__(
+        self, pool: asyncpg.Pool, reservation_ttl_s: float, clock: Callable[[], datetime] = utcnow
+    ) -> None:
+        self._pool = pool
+        self._ttl = timedelta(seconds=reservation_ttl_s)
+        self._clock = clock
+
+    async def reserve(self, batch: Sequence[Delivery]) -> int:
+        """orders.created: reserve every item of each order, or none of them."""
+        expires_at = self._clock() + self._ttl
+        async with self._pool.acquire() as conn, conn.transaction():
+            fresh = await inbox.claim(conn, RESERVE, batch)
+            if not fresh:
+                return len(batch)
+            orders = _typed(fresh, OrderCreated)
+            locked = await store.lock_for_reserve(
+                conn,
+                [item.product_id for order in orders for item in order.items],
+                [order.order_id for order in orders],
+            )
+            plan = rules.plan_reserve(orders, locked.available, locked.orders_with_rows, expires_at)
+            if plan.opened:
+                await store.open_reservations(conn, plan.deltas, plan.opened)
+            await outbox.enqueue(conn, emitted(fresh, plan, durable=RESERVE))
+        return len(batch) - len(fresh)
+
+    async def release(self, batch: Sequence[Delivery]) -> int:
+        """inventory.release_request: give reserved stock back to available."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            fresh = await inbox.claim(conn, RELEASE, batch)
+            if not fresh:
+                return len(batch)
+            requests = _typed(fresh, ReleaseInventory)
+            ids = [r.order_id for r in requests]
+            # First, so that an order reserving right now is seen by the next statement.
+            marked = await store.insert_tombstones(conn, ids, [r.reason for r in requests])
+            held = await store.lock_reservations(conn, [i for i in ids if i not in marked])
+            open_ = [r for r in held.values() if r.status == RESERVED]
+            await store.lock_stock(conn, [p for r in open_ for p in r.items])
+            plan = rules.plan_release(requests, marked, held)
+            if plan.closed:
+                await store.close_reservations(conn, plan.deltas, plan.closed, RELEASED)
+            await outbox.enqueue(conn, emitted(fresh, plan, durable=RELEASE))
+        return len(batch) - len(fresh)
+
+    async def confirm(self, batch: Sequence[Delivery]) -> int:
+        """orders.confirmed: the reserved stock is sold."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            fresh = await inbox.claim(conn, CONFIRM, batch)
+            if not fresh:
+                return len(batch)
+            orders = _typed(fresh, OrderConfirmed)
+            held = await store.lock_reservations(conn, [o.order_id for o in orders])
+            products = [p for r in held.values() if r.status != CONFIRMED for p in r.items]
+            available = await store.lock_stock(conn, products)
+            try:
+                plan = rules.plan_confirm(orders, held, available)
+            except rules.CannotConfirm as exc:
+                raise PermanentError(str(exc)) from exc
+            if plan.closed:
+                await store.close_reservations(conn, plan.deltas, plan.closed, CONFIRMED)
+            emitted(fresh, plan, durable=CONFIRM)
+        return len(batch) - len(fresh)

@@ -1,0 +1,343 @@
+"""The inventory handlers and expiry sweep against a real PostgreSQL, each test on a database
+of its own: reservations all-or-nothing, release, confirm, expiry, duplicates, races, and
+conservation of `available + reserved + sold`."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from inventory_service import store
+from inventory_service.domain import reservation_id_for
+from inventory_service.expiry import Expiry, expire_due
+from inventory_service.handlers import Handlers
+from inventory_service.main import MIGRATIONS
+from inventory_service.metrics import RESERVATIONS_ACTIVE
+from jetsaga import config, contracts, db
+from jetsaga.consumer import Delivery, PermanentError
+from jetsaga.contracts import (
+    InventoryOutOfStock,
+    InventoryReleased,
+    InventoryReserved,
+    LineItem,
+    OrderConfirmed,
+    OrderCreated,
+    ReleaseInventory,
+    UnavailableItem,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+TTL_S = 900.0
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    name = f"inventory_t_{uuid.uuid4().hex[:12]}"
+    url = config.with_database(database_url, name)
+    await db.ensure_database(url)
+    p = await db.create_pool(url, 6)
+    await db.migrate(p, [db.SHARED_MIGRATIONS, MIGRATIONS])
+    yield p
+    await p.close()
+    admin = await asyncpg.connect(config.with_database(database_url, "postgres"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def handlers(pool: asyncpg.Pool) -> Handlers:
+    return Handlers(pool, TTL_S, clock=lambda: T0)
+
+
+def delivery(message: contracts.AnyMessage, msg_id: str | None = None) -> Delivery:
+    subject = contracts.subject_of(message)
+    return Delivery(subject=subject, message=message, num_delivered=1, traceparent="00-tp",
+                    msg_id=msg_id or contracts.message_id(subject, message.order_id))  # fmt: skip
+
+
+def created(order_id: str, *lines: tuple[str, int]) -> Delivery:
+    items = tuple(LineItem(product_id=p, quantity=q, unit_price=100) for p, q in lines)
+    total = sum(q * 100 for _, q in lines)
+    return delivery(OrderCreated(order_id=order_id, customer_id="c-1", items=items,
+                                 total_amount=total, currency="usd"))  # fmt: skip
+
+
+def release(order_id: str, reservation_id: str | None = None, reason: str = "timeout") -> Delivery:
+    return delivery(ReleaseInventory(order_id=order_id, reservation_id=reservation_id,
+                                     reason=reason))  # fmt: skip
+
+
+def confirmed(order_id: str) -> Delivery:
+    return delivery(OrderConfirmed(order_id=order_id, payment_id="pay-1", timestamp="t"))
+
+
+async def set_stock(pool: asyncpg.Pool, **levels: int) -> None:
+    async with pool.acquire() as conn:
+        for product, available in levels.items():
+            await store.set_available(conn, product, available)
+
+
+async def levels(pool: asyncpg.Pool, product: str) -> tuple[int, int, int]:
+    async with pool.acquire() as conn:
+        level = await store.get_stock(conn, product)
+    assert level is not None
+    return level.available, level.reserved, level.sold
+
+
+async def emitted(pool: asyncpg.Pool) -> list[contracts.AnyMessage]:
+    rows = await pool.fetch("SELECT subject, payload FROM outbox ORDER BY id")
+    return [contracts.decode(r["subject"], r["payload"]) for r in rows]
+
+
+async def test_order_reserves_every_item_and_emits_reserved(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=5, b=3)
+    order = created("o-1", ("a", 2), ("b", 3))
+    assert await handlers.reserve([order]) == 0
+    assert await levels(pool, "a") == (3, 2, 0)
+    assert await levels(pool, "b") == (0, 3, 0)
+    [event] = await emitted(pool)
+    assert isinstance(event, InventoryReserved)
+    assert event.reservation_id == str(reservation_id_for("o-1"))
+    assert event.items == order.message.items  # type: ignore[union-attr]
+    assert event.expires_at == "2030-01-01T00:15:00.000Z"
+    row = await pool.fetchrow("SELECT causation_id, traceparent FROM outbox")
+    assert (row["causation_id"], row["traceparent"]) == (order.msg_id, "00-tp")
+
+
+async def test_order_short_of_any_item_reserves_nothing_and_names_each_missing_item(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=5, b=1)
+    await handlers.reserve([created("o-1", ("a", 2), ("b", 3), ("unknown", 1))])
+    assert await levels(pool, "a") == (5, 0, 0)
+    assert await levels(pool, "b") == (1, 0, 0)
+    assert await emitted(pool) == [
+        InventoryOutOfStock(order_id="o-1", unavailable_items=(
+            UnavailableItem(product_id="b", requested=3, available=1),
+            UnavailableItem(product_id="unknown", requested=1, available=0),
+        ))
+    ]  # fmt: skip
+    assert await pool.fetchval("SELECT count(*) FROM reservations") == 0
+
+
+async def test_a_product_listed_twice_is_reserved_as_its_sum(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=3)
+    await handlers.reserve([created("o-1", ("a", 2), ("a", 2)), created("o-2", ("a", 1), ("a", 2))])
+    first, second = await emitted(pool)
+    assert first == InventoryOutOfStock(
+        order_id="o-1",
+        unavailable_items=(UnavailableItem(product_id="a", requested=4, available=3),),
+    )
+    assert isinstance(second, InventoryReserved)
+    assert await levels(pool, "a") == (0, 3, 0)
+
+
+async def test_duplicate_deliveries_change_nothing(pool: asyncpg.Pool, handlers: Handlers) -> None:
+    await set_stock(pool, a=5)
+    order = created("o-1", ("a", 2))
+    assert await handlers.reserve([order, order]) == 1
+    assert await handlers.reserve([order]) == 1
+    replayed = created("o-1", ("a", 2))  # a dead-letter replay: same order, fresh Nats-Msg-Id
+    assert await handlers.reserve([delivery(replayed.message, msg_id="replay-1")]) == 1
+    assert await handlers.release([release("o-1")]) == 0
+    assert await handlers.release([release("o-1")]) == 1
+    assert await levels(pool, "a") == (5, 0, 0)
+    assert [type(m) for m in await emitted(pool)] == [InventoryReserved, InventoryReleased]
+
+
+async def test_release_returns_reserved_stock_and_emits_released(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=5, b=2)
+    await handlers.reserve([created("o-1", ("a", 2), ("b", 2))])
+    rid = str(reservation_id_for("o-1"))
+    await handlers.release([release("o-1", rid, reason="payment_failed")])
+    assert await levels(pool, "a") == (5, 0, 0)
+    assert await levels(pool, "b") == (2, 0, 0)
+    assert (await emitted(pool))[-1] == InventoryReleased(
+        order_id="o-1", reservation_id=rid, reason="payment_failed"
+    )
+
+
+async def test_release_before_the_order_arrives_leaves_a_tombstone_so_it_never_reserves(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=5)
+    await handlers.release([release("o-1")])
+    await handlers.reserve([created("o-1", ("a", 1))])
+    assert await levels(pool, "a") == (5, 0, 0)
+    assert await emitted(pool) == [
+        InventoryReleased(order_id="o-1", reservation_id=None, reason="timeout")
+    ]
+
+
+async def test_confirm_moves_reserved_stock_to_sold_and_emits_nothing(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=5)
+    await handlers.reserve([created("o-1", ("a", 2))])
+    assert await handlers.confirm([confirmed("o-1")]) == 0
+    assert await levels(pool, "a") == (3, 0, 2)
+    assert len(await emitted(pool)) == 1  # the reservation only
+
+
+async def test_release_request_for_a_confirmed_order_never_unsells_stock(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=5)
+    await handlers.reserve([created("o-1", ("a", 2))])
+    await handlers.confirm([confirmed("o-1")])
+    await handlers.release([release("o-1")])
+    assert await levels(pool, "a") == (3, 0, 2)
+    assert len(await emitted(pool)) == 1
+
+
+async def test_confirm_after_expiry_sells_from_available_stock(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=5)
+    await handlers.reserve([created("o-1", ("a", 2))])
+    assert await expire_due(pool, T0 + timedelta(seconds=TTL_S + 1)) == 1
+    await handlers.confirm([confirmed("o-1")])
+    assert await levels(pool, "a") == (3, 0, 2)
+
+
+async def test_confirm_after_expiry_without_enough_stock_is_a_permanent_error(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=2)
+    await handlers.reserve([created("o-1", ("a", 2))])
+    await expire_due(pool, T0 + timedelta(seconds=TTL_S + 1))
+    await handlers.reserve([created("o-2", ("a", 1))])
+    with pytest.raises(PermanentError, match="o-1"):
+        await handlers.confirm([confirmed("o-1")])
+    with pytest.raises(PermanentError, match="never reserved"):
+        await handlers.confirm([confirmed("o-unknown")])
+    assert await levels(pool, "a") == (1, 1, 0)
+
+
+async def test_expired_reservations_are_released_with_reason_expired(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=5)
+    await handlers.reserve([created("o-1", ("a", 2)), created("o-2", ("a", 1))])
+    wakes: list[None] = []
+    clock = [T0 + timedelta(seconds=TTL_S - 1)]
+    expiry = Expiry(pool, lambda: wakes.append(None), 1.0, clock=lambda: clock[0])
+    assert await expiry.sweep() == 0
+    await expiry.housekeeping()
+    assert RESERVATIONS_ACTIVE._value.get() == 2
+    clock[0] = T0 + timedelta(seconds=TTL_S + 1)
+    assert await expiry.sweep() == 2
+    assert await expiry.sweep() == 0
+    await expiry.housekeeping()
+    assert RESERVATIONS_ACTIVE._value.get() == 0
+    assert wakes == [None]
+    assert await levels(pool, "a") == (5, 0, 0)
+    released = (await emitted(pool))[2:]
+    assert sorted((m.order_id, m.reason) for m in released) == [  # type: ignore[union-attr]
+        ("o-1", "expired"),
+        ("o-2", "expired"),
+    ]
+    await handlers.release([release("o-1")])  # the saga's own release, later: nothing new
+    assert len(await emitted(pool)) == 4
+
+
+async def test_concurrent_sweeps_release_each_reservation_once(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=100)
+    await handlers.reserve([created(f"o-{i}", ("a", 1)) for i in range(40)])
+    later = T0 + timedelta(seconds=TTL_S + 1)
+    counts = await asyncio.gather(*(expire_due(pool, later, limit=7) for _ in range(6)))
+    while await expire_due(pool, later, limit=7):
+        pass
+    assert sum(counts) <= 40
+    assert await levels(pool, "a") == (100, 0, 0)
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE subject = $1",
+                               contracts.INVENTORY_RELEASED) == 40  # fmt: skip
+
+
+@pytest.mark.parametrize("round_", range(10))
+async def test_two_orders_racing_for_the_last_unit_one_gets_it(
+    pool: asyncpg.Pool, handlers: Handlers, round_: int
+) -> None:
+    await set_stock(pool, a=1, b=5)
+    first = created("o-1", ("b", 1), ("a", 1))
+    second = created("o-2", ("a", 1), ("b", 1))
+    await asyncio.gather(handlers.reserve([first]), handlers.reserve([second]))
+    outcomes = sorted(type(m).__name__ for m in await emitted(pool))
+    assert outcomes == ["InventoryOutOfStock", "InventoryReserved"]
+    assert await levels(pool, "a") == (0, 1, 0)
+    assert await levels(pool, "b") == (4, 1, 0)
+
+
+async def assert_conserved(pool: asyncpg.Pool, stock: dict[str, int]) -> None:
+    """Totals are what PUT set; `reserved` and `sold` are what the reservations hold."""
+    rows = await pool.fetch(
+        "SELECT s.product_id, s.available, s.reserved, s.sold,"
+        " coalesce(sum(i.quantity) FILTER (WHERE r.status = 'reserved'), 0) AS held,"
+        " coalesce(sum(i.quantity) FILTER (WHERE r.status = 'confirmed'), 0) AS sold_by_orders"
+        " FROM stock s LEFT JOIN reservation_items i USING (product_id)"
+        " LEFT JOIN reservations r USING (order_id) GROUP BY s.product_id"
+    )
+    for row in rows:
+        assert row["available"] + row["reserved"] + row["sold"] == stock[row["product_id"]]
+        assert (row["reserved"], row["sold"]) == (row["held"], row["sold_by_orders"])
+
+
+async def test_stock_is_conserved_through_concurrent_reserve_release_confirm_and_expiry(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    rng = random.Random(7)
+    stock = {f"p{i}": 150 for i in range(5)}
+    await set_stock(pool, **stock)
+    orders = [
+        created(f"o-{n}", *((f"p{rng.randrange(5)}", rng.randint(1, 5)) for _ in range(3)))
+        for n in range(160)
+    ]
+    # Four concurrent batches over the same products, listed in random orders; two of them
+    # reserve a day later, so that the expiry sweep below leaves their reservations alone.
+    late = Handlers(pool, TTL_S, clock=lambda: T0 + timedelta(days=1))
+    await asyncio.gather(*(h.reserve(orders[k::4]) for k, h in enumerate([handlers, late] * 2)))
+    await assert_conserved(pool, stock)
+    late_ids = {d.message.order_id for d in orders[1::4] + orders[3::4]}
+    reserved = [
+        m.order_id
+        for m in await emitted(pool)
+        if isinstance(m, InventoryReserved) and m.order_id in late_ids
+    ]
+    assert 10 < len(reserved) < 80
+    rng.shuffle(reserved)
+    half = len(reserved) // 2
+    to_release, to_confirm = reserved[:half], reserved[half:]
+    later = T0 + timedelta(seconds=TTL_S + 1)
+    results = await asyncio.gather(
+        handlers.release([release(o) for o in to_release[::2]]),
+        handlers.release([release(o) for o in to_release[1::2]]),
+        handlers.confirm([confirmed(o) for o in to_confirm[::2]]),
+        handlers.confirm([confirmed(o) for o in to_confirm[1::2]]),
+        expire_due(pool, later, limit=10),
+        expire_due(pool, later, limit=10),
+    )
+    assert list(results[:4]) == [0, 0, 0, 0]
+    await assert_conserved(pool, stock)
+    while await expire_due(pool, later):
+        pass
+    await assert_conserved(pool, stock)
+    assert await pool.fetchval("SELECT sum(reserved) FROM stock") == 0
+    assert await pool.fetchval("SELECT sum(sold) FROM stock") > 0
