@@ -331,7 +331,7 @@ class CountingPool:
 
     def acquire(self) -> AbstractAsyncContextManager[Any]:
         self.acquired += 1
-        return self.pool.acquire()
+        return self.pool.acquire()  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize(
@@ -346,7 +346,7 @@ async def test_a_batch_of_200_takes_at_most_three_transactions(
     pool: asyncpg.Pool, gateway: FakeGateway, make: Any, transactions: int
 ) -> None:
     counting = CountingPool(pool)
-    handler = PaymentHandler(counting, gateway)  # type: ignore[arg-type]
+    handler = PaymentHandler(counting, gateway)
     batch: Sequence[Delivery] = [d for _ in range(200) for d in make(new_order())]
     await handler(batch)
     assert counting.acquired == transactions
