@@ -46,10 +46,11 @@ class Worker:
         await self.nc.jetstream().publish(subject, contracts.encode(message), headers=headers)
 
     async def answer(self, order_id: str, kind: type[AnyMessage]) -> AnyMessage:
-        def found() -> AnyMessage | None:
-            return next((m for m in self.seen if m.order_id == order_id and type(m) is kind), None)
+        def found() -> list[AnyMessage]:
+            return [m for m in self.seen if m.order_id == order_id and type(m) is kind]
 
-        return await wait_until(found, timeout=30, message=f"{kind.__name__} for {order_id}")
+        matches = await wait_until(found, timeout=30, message=f"{kind.__name__} for {order_id}")
+        return matches[0]
 
     async def payment(self, order_id: str) -> dict[str, object]:
         async with self.http.get(f"{self.process.url}/payments/{order_id}") as resp:
