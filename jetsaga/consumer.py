@@ -99,6 +99,7 @@ class Consumer:
         batch: int = 200,
         concurrency: int = 2,
         on_commit: Callable[[], None] = lambda: None,
+        retry_delay: Callable[[int], float] = nak_delay,
     ) -> None:
         self.spec = spec
         self._js = js
@@ -107,7 +108,8 @@ class Consumer:
         self._batch = batch
         self._concurrency = concurrency
         self._on_commit = on_commit
-        self._heartbeat_s = max(1.0, min(10.0, spec.backoff_s[0] / 3))
+        self._retry_delay = retry_delay
+        self._heartbeat_s = max(1.0, min(10.0, spec.ack_wait_s / 3))
         self._stop = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -121,7 +123,7 @@ class Consumer:
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(self._batch, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises both its own and the builtin one
                 continue
             except nats.errors.Error:
                 # Disconnected or reconnecting: nats-py reconnects by itself.
@@ -253,7 +255,7 @@ class Consumer:
             )
             await self._give_up(msg, error)
             return
-        delay = nak_delay(delivery.num_delivered)
+        delay = self._retry_delay(delivery.num_delivered)
         log.warning(
             "message failed, will be redelivered",
             exc_info=exc,

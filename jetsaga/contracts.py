@@ -222,9 +222,12 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
     durable: str
     stream: str
     filter_subjects: tuple[str, ...]
-    # Redelivery after an ack timeout. The first value replaces ack_wait, so it must outlast
-    # the slowest handler (a Stripe call, which also heartbeats with in_progress()).
-    backoff_s: tuple[float, ...] = (30.0, 60.0)
+    # Redelivery after an ack timeout (a worker that died holding the message). It outlasts
+    # the slowest handler, which heartbeats with in_progress() anyway. There is no consumer
+    # `backoff` list on purpose: with one set, the server stops honouring nak delays after
+    # the first redelivery (measured on 2.15), and the consumer loop's nak delays are the
+    # back-off between deliveries.
+    ack_wait_s: float = 30.0
     max_ack_pending: int = 4_000
 
 
@@ -257,7 +260,7 @@ CONSUMERS: Final = (
         durable="payment-service",
         stream="PAYMENTS",
         filter_subjects=(PAYMENTS_PROCESS_REQUEST, PAYMENTS_REFUND_REQUEST),
-        backoff_s=(60.0, 120.0),
+        ack_wait_s=60.0,
         max_ack_pending=2_000,
     ),
     ConsumerSpec(

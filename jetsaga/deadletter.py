@@ -116,7 +116,7 @@ async def watch_advisories(js: JetStreamContext, letters: DeadLetters, stop: asy
     while not stop.is_set():
         try:
             msgs = await sub.fetch(50, timeout=1.0)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats-py raises both its own and the builtin one
             continue
         except nats.errors.Error:
             await asyncio.sleep(0.5)

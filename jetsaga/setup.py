@@ -57,9 +57,8 @@ def consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
         name=spec.durable,
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=spec.backoff_s[0],
+        ack_wait=spec.ack_wait_s,
         max_deliver=MAX_DELIVER,
-        backoff=list(spec.backoff_s),
         filter_subjects=list(spec.filter_subjects),
         max_ack_pending=spec.max_ack_pending,
     )

@@ -1,0 +1,235 @@
+"""The shared messaging machinery against a real nats-server and PostgreSQL: the consumer
+loop's ack policy and dead letters, the outbox relay and the inbox."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import asyncpg
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from jetsaga import config, contracts, db, deadletter, inbox, outbox, setup
+from jetsaga.consumer import Consumer, Delivery, TransientError
+from jetsaga.contracts import ConsumerSpec
+from jetsaga.deadletter import DeadLetters
+from jetsaga.devstack.nats import NatsServer
+from jetsaga.dlq import letters
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def bus(make_nats: Callable[[], NatsServer]) -> AsyncIterator[NATS]:
+    """A nats-server of its own with the streams and consumers set up."""
+    server = make_nats()
+    await setup.apply(config.Settings(nats_url=server.url), out=lambda _: None)
+    nc = await nats.connect(server.url)
+    yield nc
+    await nc.close()
+    server.stop()
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    url = config.with_database(database_url, f"t_{uuid.uuid4().hex[:12]}")
+    await db.ensure_database(url)
+    p = await db.create_pool(url, 4)
+    await db.migrate(p, [db.SHARED_MIGRATIONS])
+    yield p
+    await p.close()
+
+
+def created(order_id: str) -> contracts.OrderCreated:
+    item = contracts.LineItem(product_id="p", quantity=1, unit_price=100)
+    return contracts.OrderCreated(order_id=order_id, customer_id="c", items=(item,),
+                                  total_amount=100, currency="usd")  # fmt: skip
+
+
+async def publish(nc: NATS, message: contracts.OrderCreated, msg_id: str | None = None) -> None:
+    subject = contracts.subject_of(message)
+    headers = {contracts.MSG_ID: msg_id or contracts.message_id(subject, message.order_id),
+               contracts.SAGA_ID: message.order_id}  # fmt: skip
+    await nc.jetstream().publish(subject, contracts.encode(message), headers=headers)
+
+
+async def run_consumer(
+    nc: NATS, handler: Callable[[Sequence[Delivery]], object], spec: ConsumerSpec | None = None
+) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    stop = asyncio.Event()
+    js = nc.jetstream()
+    consumer = Consumer(js, spec or contracts.CONSUMERS_BY_DURABLE["inventory-service"],
+                        handler, DeadLetters(js).from_msg, batch=10,  # type: ignore[arg-type]
+                        retry_delay=lambda n: 0.1)  # fmt: skip
+    return stop, asyncio.create_task(consumer.run(stop))
+
+
+async def dead_letters(nc: NATS) -> list[contracts.DeadLetter]:
+    return [letter async for _, letter in letters(nc.jetstream())]
+
+
+async def test_undecodable_message_is_dead_lettered_and_the_worker_carries_on(bus: NATS) -> None:
+    seen: list[str] = []
+
+    async def handler(batch: Sequence[Delivery]) -> int:
+        seen.extend(d.message.order_id for d in batch)
+        return 0
+
+    stop, task = await run_consumer(bus, handler)
+    await bus.jetstream().publish("orders.created", b"{not json", headers={"Nats-Msg-Id": "bad-1"})
+    await publish(bus, created("good-1"))
+
+    await wait_until(lambda: seen == ["good-1"], message="good message handled")
+    letters_ = await wait_until(lambda: dead_letters(bus), message="a dead letter")
+    assert letters_[0].subject == "orders.created" and letters_[0].payload == b"{not json"
+    assert letters_[0].durable == "inventory-service" and "undecodable" in letters_[0].last_error
+    stop.set()
+    await task
+
+
+async def test_message_failing_every_delivery_is_dead_lettered_on_the_last(bus: NATS) -> None:
+    deliveries: list[int] = []
+
+    async def handler(batch: Sequence[Delivery]) -> int:
+        deliveries.extend(d.num_delivered for d in batch)
+        raise ValueError("handler bug")
+
+    stop, task = await run_consumer(bus, handler)
+    await publish(bus, created("doomed"))
+
+    found = await wait_until(lambda: dead_letters(bus), message="dead letter after 3 deliveries")
+    assert deliveries == [1, 2, 3]
+    assert found[0].delivery_count == 3 and "handler bug" in found[0].last_error
+    assert found[0].headers[contracts.SAGA_ID] == "doomed"
+    stop.set()
+    await task
+
+
+async def test_dependency_outage_holds_the_batch_without_spending_deliveries(bus: NATS) -> None:
+    calls: list[int] = []
+
+    async def handler(batch: Sequence[Delivery]) -> int:
+        calls.append(batch[0].num_delivered)
+        if len(calls) < 4:
+            raise TransientError("database away")
+        return 0
+
+    stop, task = await run_consumer(bus, handler)
+    await publish(bus, created("held"))
+
+    await wait_until(lambda: len(calls) == 4, message="handled after the outage")
+    assert calls == [1, 1, 1, 1]
+    assert await dead_letters(bus) == []
+    stop.set()
+    await task
+
+
+async def test_worker_dying_on_every_delivery_reaches_the_dead_letters_by_advisory(
+    bus: NATS,
+) -> None:
+    """Deliveries that end in ack timeouts leave only JetStream's advisory behind."""
+    spec = ConsumerSpec(durable="fragile", stream="ORDERS", filter_subjects=("orders.created",),
+                        ack_wait_s=0.3)  # fmt: skip
+    await setup.ensure_consumer(bus.jsm(), spec, out=lambda _: None)
+    stop = asyncio.Event()
+    letters_writer = DeadLetters(bus.jetstream())
+    watcher = asyncio.create_task(
+        deadletter.watch_advisories(bus.jetstream(), letters_writer, stop)
+    )
+    await publish(bus, created("orphan"))
+    sub = await bus.jetstream().pull_subscribe_bind("fragile", stream="ORDERS")
+
+    async def fetch_and_die() -> bool:  # a worker that takes the message and never acks
+        try:
+            await sub.fetch(1, timeout=0.5)
+        except nats.errors.TimeoutError:
+            pass
+        return bool([x for x in await dead_letters(bus) if x.durable == "fragile"])
+
+    await wait_until(fetch_and_die, timeout=20, message="advisory turned into a dead letter")
+    found = [x for x in await dead_letters(bus) if x.durable == "fragile"]
+    assert len(found) == 1 and found[0].subject == "orders.created"
+    assert found[0].delivery_count == 3 and "ack timeouts" in found[0].last_error
+    assert contracts.decode("orders.created", found[0].payload) == created("orphan")
+    stop.set()
+    await watcher
+
+
+async def test_relay_publishes_with_message_ids_and_a_republish_is_dropped(
+    bus: NATS, pool: asyncpg.Pool
+) -> None:
+    relay = outbox.OutboxRelay(pool, bus.jetstream())
+    message = outbox.outgoing(created("relayed"), causation_id="cause-1")
+    async with pool.acquire() as conn, conn.transaction():
+        await outbox.enqueue(conn, [message])
+    # A relay that crashed after publishing and before deleting leaves the row behind:
+    await bus.jetstream().publish(message.subject, message.payload,
+                                  headers={contracts.MSG_ID: message.msg_id})  # fmt: skip
+
+    assert await relay.publish_batch() == 1
+
+    info = await bus.jsm().stream_info("ORDERS")
+    assert info.state.messages == 1  # the second publish was dropped as a duplicate
+    raw = await bus.jsm().get_msg("ORDERS", 1)
+    assert raw.headers is not None and raw.headers[contracts.MSG_ID] == message.msg_id
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    assert await relay.publish_batch() == 0
+
+
+async def test_outbox_rows_of_a_rolled_back_transaction_are_never_published(
+    bus: NATS, pool: asyncpg.Pool
+) -> None:
+    with pytest.raises(RuntimeError):
+        async with pool.acquire() as conn, conn.transaction():
+            await outbox.enqueue(conn, [outbox.outgoing(created("rolled-back"))])
+            raise RuntimeError("crash before commit")
+    assert await outbox.OutboxRelay(pool, bus.jetstream()).publish_batch() == 0
+
+
+async def test_relay_keeps_rows_when_nats_is_away_and_publishes_them_later(
+    make_nats: Callable[[], NatsServer], pool: asyncpg.Pool
+) -> None:
+    server = make_nats()
+    await setup.apply(config.Settings(nats_url=server.url), out=lambda _: None)
+    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    relay = outbox.OutboxRelay(pool, nc.jetstream(timeout=0.5))
+    async with pool.acquire() as conn, conn.transaction():
+        await outbox.enqueue(conn, [outbox.outgoing(created("patient"))])
+    server.stop()
+    with pytest.raises((nats.errors.Error, TimeoutError)):
+        await relay.publish_batch()
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
+    server.start()
+    await wait_until(relay.publish_batch, timeout=15, ignore=(nats.errors.Error, TimeoutError),
+                     message="published after NATS came back")  # fmt: skip
+    assert (await nc.jsm().stream_info("ORDERS")).state.messages == 1
+    await nc.close()
+    server.stop()
+
+
+def delivery(order_id: str, num: int = 1) -> Delivery:
+    return Delivery(subject="orders.created", message=created(order_id), msg_id="m",
+                    num_delivered=num)  # fmt: skip
+
+
+async def test_inbox_claims_each_logical_message_once(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        first = await inbox.claim(conn, "c", [delivery("a"), delivery("b"), delivery("a", 2)])
+        again = await inbox.claim(conn, "c", [delivery("a", 3), delivery("c")])
+        other = await inbox.claim(conn, "other-consumer", [delivery("a")])
+    assert [d.message.order_id for d in first] == ["a", "b"]
+    assert [d.message.order_id for d in again] == ["c"]
+    assert [d.message.order_id for d in other] == ["a"]
+
+
+async def test_inbox_claim_rolls_back_with_its_transaction(pool: asyncpg.Pool) -> None:
+    with pytest.raises(RuntimeError):
+        async with pool.acquire() as conn, conn.transaction():
+            await inbox.claim(conn, "c", [delivery("x")])
+            raise RuntimeError("effect failed")
+    async with pool.acquire() as conn:
+        assert len(await inbox.claim(conn, "c", [delivery("x")])) == 1
