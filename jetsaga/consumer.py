@@ -32,7 +32,7 @@ from nats.js import JetStreamContext
 
 from jetsaga import contracts
 from jetsaga.contracts import MAX_DELIVER, ConsumerSpec
-from jetsaga.metrics import HANDLER_DURATION, MESSAGES_PROCESSED
+from jetsaga.metrics import HANDLER_DURATION, MESSAGES_DEAD_LETTERED, MESSAGES_PROCESSED
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,11 @@ class Consumer:
         self._retry_delay = retry_delay
         self._heartbeat_s = max(1.0, min(10.0, spec.ack_wait_s / 3))
         self._stop = asyncio.Event()
+        # Series exist from the start, so dashboards and rules see zeros, not gaps.
+        for outcome in ("acked", "duplicate", "nacked", "dead_lettered"):
+            MESSAGES_PROCESSED.labels(spec.durable, outcome)
+        MESSAGES_DEAD_LETTERED.labels(spec.durable)
+        HANDLER_DURATION.labels(spec.durable)
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop

@@ -218,7 +218,9 @@ def _late_payment(saga: Saga, event: c.PaymentSucceeded, ctx: Context, name: str
     """A charge reported after the saga gave up on it: make sure it is refunded."""
     if saga.refund_requested or saga.payment_id == event.payment_id:
         return Decision(saga)  # the refund already asked for covers whatever was charged
-    marked = msgspec.structs.replace(saga, payment_id=event.payment_id, refund_requested=True)
+    # A confirmed order keeps the payment it was confirmed with; the extra charge is refunded.
+    keep = saga.payment_id or event.payment_id
+    marked = msgspec.structs.replace(saga, payment_id=keep, refund_requested=True)
     refund = c.RefundPayment(
         order_id=saga.order_id, payment_id=event.payment_id, reason="late_payment"
     )
