@@ -39,7 +39,9 @@ async def test_paid_order_is_confirmed_and_its_stock_sold(
     stripe_api = stripe.StripeClient(
         system.env["STRIPE_SECRET_KEY"], base_addresses={"api": system.env["STRIPE_API_BASE"]}
     )
-    intent = await stripe_api.v1.payment_intents.retrieve_async(payment["stripePaymentIntentId"])
+    intent = await asyncio.to_thread(
+        stripe_api.v1.payment_intents.retrieve, payment["stripePaymentIntentId"]
+    )
     assert intent.status == "succeeded" and intent.amount == 3750
     assert intent.metadata["orderId"] == order_id
 
