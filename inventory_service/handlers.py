@@ -17,7 +17,7 @@ import asyncpg
 from inventory_service import rules, store
 from inventory_service.domain import CONFIRMED, RELEASED, RESERVED
 from jetsaga import inbox, outbox
-from jetsaga.consumer import Delivery, PermanentError
+from jetsaga.consumer import Delivery, PermanentError, TransientError
 from jetsaga.contracts import OrderConfirmed, OrderCreated, ReleaseInventory
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,14 @@ RELEASE = "inventory-service-release"
 
 M = TypeVar("M", OrderCreated, ReleaseInventory, OrderConfirmed)
 
-# Outcomes worth more than an info line: each is a saga bug or needs a human.
-_LEVELS = {"confirmed_not_released": logging.ERROR, "confirmed_from_available": logging.WARNING}
+# The routine outcomes of every order are debug lines; a saga bug is an error.
+_LEVELS = {
+    "reserved": logging.DEBUG,
+    "released": logging.DEBUG,
+    "confirmed": logging.DEBUG,
+    "confirmed_from_available": logging.WARNING,
+    "confirmed_not_released": logging.ERROR,
+}
 
 
 def utcnow() -> datetime:
@@ -79,7 +85,12 @@ class Handlers:
             )
             plan = rules.plan_reserve(orders, locked.available, locked.orders_with_rows, expires_at)
             if plan.opened:
-                await store.open_reservations(conn, plan.deltas, plan.opened)
+                try:
+                    await store.open_reservations(conn, plan.deltas, plan.opened)
+                except store.Conflict as exc:
+                    # A release got there first (its tombstone): run the batch again, and
+                    # this time the order is seen before.
+                    raise TransientError(str(exc)) from exc
             await outbox.enqueue(conn, emitted(fresh, plan, durable=RESERVE))
         return len(batch) - len(fresh)
 

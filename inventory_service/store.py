@@ -16,6 +16,10 @@ import msgspec
 from inventory_service.domain import Delta, Reservation
 
 
+class Conflict(Exception):
+    """Another transaction opened or closed the same order's reservation row first."""
+
+
 class StockLevel(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     product_id: str
     available: int
@@ -100,6 +104,20 @@ async def open_reservations(
 ) -> None:
     """Write stock changes, the new reservations and their items in one statement."""
     lines = [(r.order_id, p, q) for r in opened for p, q in r.items.items()]
+    try:
+        await _open(conn, deltas, opened, lines)
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name != "reservations_pkey":
+            raise
+        raise Conflict(f"a reservation row appeared meanwhile: {exc.detail}") from exc
+
+
+async def _open(
+    conn: asyncpg.Connection,
+    deltas: Sequence[Delta],
+    opened: Sequence[Reservation],
+    lines: list[tuple[str, str, int]],
+) -> None:
     await conn.execute(
         f"WITH {_MOVE}, opened AS (INSERT INTO reservations"
         "  (order_id, reservation_id, status, expires_at)"

@@ -20,7 +20,7 @@ from inventory_service.handlers import Handlers
 from inventory_service.main import MIGRATIONS
 from inventory_service.metrics import RESERVATIONS_ACTIVE
 from jetsaga import config, contracts, db
-from jetsaga.consumer import Delivery, PermanentError
+from jetsaga.consumer import Delivery, PermanentError, TransientError
 from jetsaga.contracts import (
     InventoryOutOfStock,
     InventoryReleased,
@@ -31,6 +31,7 @@ from jetsaga.contracts import (
     ReleaseInventory,
     UnavailableItem,
 )
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -270,6 +271,28 @@ async def test_concurrent_sweeps_release_each_reservation_once(
     assert await levels(pool, "a") == (100, 0, 0)
     assert await pool.fetchval("SELECT count(*) FROM outbox WHERE subject = $1",
                                contracts.INVENTORY_RELEASED) == 40  # fmt: skip
+
+
+async def test_a_release_that_overtakes_a_reservation_in_flight_makes_the_batch_retry(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=5)
+    async with pool.acquire() as blocker, blocker.transaction():
+        await blocker.execute("SELECT 1 FROM stock WHERE product_id = 'a' FOR UPDATE")
+        reserving = asyncio.create_task(handlers.reserve([created("o-1", ("a", 1))]))
+        await wait_until(
+            lambda: pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ),
+            message="the reservation waits on the stock row",
+        )
+        await handlers.release([release("o-1")])  # commits its tombstone meanwhile
+    with pytest.raises(TransientError, match="reservation row appeared"):
+        await reserving
+    assert await handlers.reserve([created("o-1", ("a", 1))]) == 0  # the loop's retry
+    assert await levels(pool, "a") == (5, 0, 0)
+    assert [type(m) for m in await emitted(pool)] == [InventoryReleased]
 
 
 @pytest.mark.parametrize("round_", range(10))
