@@ -105,34 +105,25 @@ async def open_reservations(
     """Write stock changes, the new reservations and their items in one statement."""
     lines = [(r.order_id, p, q) for r in opened for p, q in r.items.items()]
     try:
-        await _open(conn, deltas, opened, lines)
+        await conn.execute(
+            f"WITH {_MOVE}, opened AS (INSERT INTO reservations"
+            "  (order_id, reservation_id, status, expires_at)"
+            "  SELECT o, r, 'reserved', e FROM unnest($5::text[], $6::uuid[], $7::timestamptz[])"
+            "  AS n (o, r, e))"
+            " INSERT INTO reservation_items (order_id, product_id, quantity)"
+            " SELECT * FROM unnest($8::text[], $9::text[], $10::bigint[])",
+            *_delta_args(deltas),
+            [r.order_id for r in opened],
+            [r.reservation_id for r in opened],
+            [r.expires_at for r in opened],
+            [line[0] for line in lines],
+            [line[1] for line in lines],
+            [line[2] for line in lines],
+        )
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name != "reservations_pkey":
             raise
         raise Conflict(f"a reservation row appeared meanwhile: {exc.detail}") from exc
-
-
-async def _open(
-    conn: asyncpg.Connection,
-    deltas: Sequence[Delta],
-    opened: Sequence[Reservation],
-    lines: list[tuple[str, str, int]],
-) -> None:
-    await conn.execute(
-        f"WITH {_MOVE}, opened AS (INSERT INTO reservations"
-        "  (order_id, reservation_id, status, expires_at)"
-        "  SELECT o, r, 'reserved', e FROM unnest($5::text[], $6::uuid[], $7::timestamptz[])"
-        "  AS n (o, r, e))"
-        " INSERT INTO reservation_items (order_id, product_id, quantity)"
-        " SELECT * FROM unnest($8::text[], $9::text[], $10::bigint[])",
-        *_delta_args(deltas),
-        [r.order_id for r in opened],
-        [r.reservation_id for r in opened],
-        [r.expires_at for r in opened],
-        [line[0] for line in lines],
-        [line[1] for line in lines],
-        [line[2] for line in lines],
-    )
 
 
 async def insert_tombstones(
@@ -154,21 +145,24 @@ async def insert_tombstones(
 
 
 def _reservations(rows: Sequence[asyncpg.Record]) -> dict[str, Reservation]:
-    found: dict[str, Reservation] = {}
+    """One reservation per order from rows of (reservation, item) joined."""
+    first: dict[str, asyncpg.Record] = {}
+    items: dict[str, dict[str, int]] = {}
     for row in rows:
-        order_id = row["order_id"]
-        if order_id not in found:
-            rid = row["reservation_id"]
-            found[order_id] = Reservation(
-                order_id=order_id,
-                reservation_id=None if rid is None else str(rid),
-                status=row["status"],
-                items={},
-                expires_at=row["expires_at"],
-            )
+        first.setdefault(row["order_id"], row)
+        held = items.setdefault(row["order_id"], {})
         if row["product_id"] is not None:
-            found[order_id].items[row["product_id"]] = row["quantity"]
-    return found
+            held[row["product_id"]] = row["quantity"]
+    return {
+        order_id: Reservation(
+            order_id=order_id,
+            reservation_id=None if row["reservation_id"] is None else str(row["reservation_id"]),
+            status=row["status"],
+            items=items[order_id],
+            expires_at=row["expires_at"],
+        )
+        for order_id, row in first.items()
+    }
 
 
 _RESERVATION_COLUMNS = (

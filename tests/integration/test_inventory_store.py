@@ -364,3 +364,13 @@ async def test_stock_is_conserved_through_concurrent_reserve_release_confirm_and
     await assert_conserved(pool, stock)
     assert await pool.fetchval("SELECT sum(reserved) FROM stock") == 0
     assert await pool.fetchval("SELECT sum(sold) FROM stock") > 0
+
+
+async def test_an_order_without_items_is_reserved_and_confirmed_holding_nothing(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await handlers.reserve([created("o-1")])
+    await handlers.confirm([confirmed("o-1")])
+    [event] = await emitted(pool)
+    assert isinstance(event, InventoryReserved) and event.items == ()
+    assert await pool.fetchval("SELECT status FROM reservations") == "confirmed"
