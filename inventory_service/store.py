@@ -1,8 +1,12 @@
 """All SQL of the inventory service. Each function runs in the caller's transaction.
 
-Lock order, which keeps concurrent batches free of deadlocks: reservation rows first (by
-order id), then stock rows (by product id). Every writer of stock locks its rows with a
-sorted `SELECT ... FOR UPDATE` before it writes them back in one statement.
+Lock order keeps concurrent batches clear of deadlocks: reservation rows first (by order
+id), then stock rows (by product id), each with a sorted `SELECT ... FOR UPDATE` before the
+batch writes them back in one statement. One wait falls outside that order: a reserve batch
+inserting an order's reservation waits for a release batch's uncommitted tombstone of the
+same order (and the reverse). If the two also want each other's stock rows, PostgreSQL
+breaks the deadlock and the consumer loop retries the batch; it needs a release and a
+creation of one order in flight at the same instant.
 """
 
 from __future__ import annotations
