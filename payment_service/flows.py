@@ -7,6 +7,7 @@ stays as it is and the command is retried. `Declined` and `Rejected` are outcome
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import msgspec
@@ -27,6 +28,8 @@ from payment_service.gateway import (
 )
 from payment_service.rules import Command, Step
 from payment_service.store import Payment
+
+log = logging.getLogger(__name__)
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,6 +68,14 @@ async def create(gw: PaymentGateway, work: Work) -> None:
         )
     except (Declined, Rejected) as exc:
         work.outcome = Outcome(status=rules.FAILED, failure_reason=exc.code)
+
+
+async def cancel_stray(gw: PaymentGateway, order_id: str, intent_id: str) -> None:
+    """Cancel an intent our row does not name (we lost the race to record ours)."""
+    try:
+        await gw.cancel_intent(order_id, intent_id)
+    except Exception as exc:  # never confirmed by anyone: harmless if it stays
+        log.warning("stray intent not cancelled", extra={"orderId": order_id, "error": repr(exc)})
 
 
 async def advance(gw: PaymentGateway, work: Work) -> None:

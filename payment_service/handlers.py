@@ -23,7 +23,7 @@ import asyncpg
 from jetsaga import inbox, outbox
 from jetsaga.consumer import Delivery, PermanentError, TransientError
 from jetsaga.contracts import ProcessPayment, RefundPayment
-from payment_service import flows, metrics, rules, store
+from payment_service import flows, metrics, rounds, rules, store
 from payment_service.flows import Work
 from payment_service.gateway import PaymentGateway
 from payment_service.rules import Step
@@ -32,20 +32,6 @@ log = logging.getLogger(__name__)
 
 CONSUMER = "payment-service"
 MAX_ROUNDS = 4
-
-
-def _next_round(pending: list[Delivery], held: set[str]) -> tuple[list[Delivery], list[Delivery]]:
-    """The first command of each order (stream order kept), and the rest for later rounds."""
-    now: list[Delivery] = []
-    later: list[Delivery] = []
-    orders: set[str] = set()
-    for delivery in pending:
-        order_id = delivery.message.order_id
-        if order_id in held:
-            continue  # an earlier command of this order is unfinished: keep their order
-        (later if order_id in orders else now).append(delivery)
-        orders.add(order_id)
-    return now, later
 
 
 class PaymentHandler:
@@ -76,7 +62,7 @@ class PaymentHandler:
                 raise PermanentError(f"{d.subject} is not a payment command")
         pending, held, errors, duplicates = list(batch), set[str](), list[Exception](), 0
         for _ in range(MAX_ROUNDS):
-            now, pending = _next_round(pending, held)
+            now, pending = rounds.next_round(pending, held)
             if not now:
                 break
             works, skipped = await self._round(now)
@@ -86,18 +72,17 @@ class PaymentHandler:
                     errors.append(w.error)
                     held.add(w.row.order_id)
             pending = [w.delivery for w in works if w.redo] + pending
-        else:
-            if pending:
-                raise TransientError("payment rows kept changing under this batch")
         if errors:  # a bug first: the consumer then isolates it from its neighbours
             raise next((e for e in errors if not isinstance(e, TransientError)), errors[0])
+        if pending:
+            raise TransientError("payment rows kept changing under this batch")
         return duplicates
 
     async def _round(self, deliveries: list[Delivery]) -> tuple[list[Work], int]:
         async with self._pool.acquire() as conn, conn.transaction():
             done = await store.seen(conn, CONSUMER, [d.key for d in deliveries])
             fresh = [d for d in deliveries if d.key not in done]
-            await store.open_payments(conn, [rules.opening(_command(d)) for d in fresh])
+            await store.open_payments(conn, [rules.opening(rounds.command(d)) for d in fresh])
             rows = await store.load(conn, [d.message.order_id for d in fresh])
         works = [Work(d, rows[d.message.order_id]) for d in fresh]
         await self._charge([w for w in works if rules.step(w.command, w.row) is Step.CHARGE])
@@ -110,7 +95,10 @@ class PaymentHandler:
     async def _charge(self, charging: list[Work]) -> None:
         """Create intents, then record them before anything may confirm them."""
         await self._each(lambda w: flows.create(self._gw, w), charging)
-        made = [(w, w.created) for w in charging if w.created is not None]
+        made = sorted(  # order id order: concurrent batches lock rows in one order
+            ((w, w.created) for w in charging if w.created is not None),
+            key=lambda pair: pair[0].row.order_id,
+        )
         if not made:
             return
         async with self._pool.acquire() as conn, conn.transaction():
@@ -125,45 +113,27 @@ class PaymentHandler:
         # Lost the race (voided meanwhile, or another worker recorded its own intent): ours
         # is named nowhere, so cancel it, unless Stripe's key handed both of us the same one.
         strays = [(w, i) for w, i in lost if now[w.row.order_id].intent_id != i.id]
-        await asyncio.gather(*(self._cancel_stray(w.row.order_id, i.id) for w, i in strays))
+        await asyncio.gather(
+            *(flows.cancel_stray(self._gw, w.row.order_id, i.id) for w, i in strays)
+        )
 
     async def _commit(self, works: list[Work]) -> int:
         """Write outcomes, claim the inbox and enqueue answers in one transaction; returns
         how many commands turned out to be duplicates."""
-        changes = [
-            _change(w.row, w.outcome)
-            for w in works
-            if w.outcome is not None and not w.redo and w.error is None
-        ]
-        duplicates, changed = 0, list[Work]()
         async with self._pool.acquire() as conn, conn.transaction():
-            applied = await store.apply(conn, changes)
-            answering = []
-            for w in works:
-                if w.redo or w.error is not None:
-                    continue
-                if w.outcome is not None:
-                    w.redo = w.row.order_id not in applied
-                    if w.redo:
-                        continue
-                    w.row = applied[w.row.order_id]
-                    changed.append(w)
-                answering.append(w)
-            claimed = {
-                d.key for d in await inbox.claim(conn, CONSUMER, [w.delivery for w in answering])
-            }
-            out = []
-            for w in answering:
-                if w.outcome is None and w.delivery.key not in claimed:
-                    duplicates += 1
-                    continue
-                answer = rules.reply(w.command, w.row)
-                if answer is not None:
-                    out.append(outbox.outgoing(answer, w.delivery.msg_id, w.delivery.traceparent))
+            applied = await store.apply(conn, rounds.changes(works))
+            changed, answering = rounds.written(works, applied)
+            claimed = await inbox.claim(conn, CONSUMER, [w.delivery for w in answering])
+            out, duplicates = rounds.answers(answering, {d.key for d in claimed})
             await outbox.enqueue(conn, out)
         for w in changed:
             metrics.outcome(w.row.status)
-            log.debug("payment settled", extra={"orderId": w.row.order_id, "status": w.row.status})
+            compensation = w.row.status in (rules.REFUNDED, rules.VOIDED)
+            log.log(
+                logging.INFO if compensation else logging.DEBUG,
+                "payment settled",
+                extra={"orderId": w.row.order_id, "status": w.row.status},
+            )
         return duplicates
 
     async def _each(self, call: Callable[[Work], Awaitable[None]], works: list[Work]) -> None:
@@ -178,29 +148,3 @@ class PaymentHandler:
 
         if works:
             await asyncio.gather(*(one(w) for w in works))
-
-    async def _cancel_stray(self, order_id: str, intent_id: str) -> None:
-        try:
-            async with self._limit:
-                await self._gw.cancel_intent(order_id, intent_id)
-        except Exception as exc:  # never confirmed by anyone: harmless if it stays
-            log.warning(
-                "stray payment intent not cancelled",
-                extra={"orderId": order_id, "error": repr(exc)},
-            )
-
-
-def _command(delivery: Delivery) -> ProcessPayment | RefundPayment:
-    assert isinstance(delivery.message, ProcessPayment | RefundPayment)
-    return delivery.message
-
-
-def _change(row: store.Payment, outcome: flows.Outcome) -> store.Change:
-    return store.Change(
-        order_id=row.order_id,
-        version=row.version,
-        status=outcome.status,
-        failure_reason=outcome.failure_reason,
-        payment_id=outcome.payment_id,
-        refund_id=outcome.refund_id,
-    )

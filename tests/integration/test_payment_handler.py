@@ -8,6 +8,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -295,17 +296,37 @@ async def test_a_later_command_of_an_unfinished_order_waits_for_it(
     assert [type(m) for m in await answers(pool, order)] == [PaymentSucceeded, PaymentRefunded]
 
 
-async def test_concurrent_workers_charge_an_order_once(
-    pool: asyncpg.Pool, gateway: FakeGateway
-) -> None:
+@dataclass
+class CreatesTogether(FakeGateway):
+    """Holds every create until `expected` creates arrived: each worker has then read the
+    row before any of them could record an intent, so they all race to record theirs."""
+
+    expected: int = 0
+    go: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def create_intent(
+        self, order_id: str, amount: int, currency: str, payment_method: str
+    ) -> Intent:
+        intent = await super().create_intent(order_id, amount, currency, payment_method)
+        if self.calls["create"] >= self.expected:
+            self.go.set()
+        await self.go.wait()
+        return intent
+
+
+async def test_concurrent_workers_charge_an_order_once(pool: asyncpg.Pool) -> None:
     orders = [new_order() for _ in range(20)]
+    gateway = CreatesTogether(expected=3 * len(orders))
     workers = [PaymentHandler(pool, gateway) for _ in range(3)]
     await asyncio.gather(*(w([process(o) for o in orders]) for w in workers))
     for order in orders:
         assert gateway.charged(order) == 1
-        assert (await payment(pool, order)).status == "succeeded"
+        row = await payment(pool, order)
+        assert row.status == "succeeded"
         [answer] = await answers(pool, order)
         assert isinstance(answer, PaymentSucceeded)
+        losers = [i for i in gateway.intents_of(order) if i.id != row.intent_id]
+        assert len(losers) == 2 and all(i.status == "canceled" for i in losers)
 
 
 async def test_concurrent_refund_and_charge_never_keep_money(
