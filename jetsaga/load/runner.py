@@ -156,7 +156,7 @@ def options_from(args: argparse.Namespace) -> Options:
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console()
+    console = Console(soft_wrap=True)
     try:
         opts = options_from(args)
         opts.validate()

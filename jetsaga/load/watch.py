@@ -62,13 +62,17 @@ class Watcher:
             self.last_error = f"{type(exc).__name__}: {exc}"
 
         try:
+            # Fail fast when nobody is there: one retry, 0.1 s apart.
             client = await nats.connect(
                 url,
                 connect_timeout=2,
-                max_reconnect_attempts=3,
-                reconnect_time_wait=0.5,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.1,
                 error_cb=on_error,
             )
+            # Once connected, ride out a NATS restart of up to ~30 s (GETs cover the gap).
+            client.options["max_reconnect_attempts"] = 60
+            client.options["reconnect_time_wait"] = 0.5
             for subject in SUBJECTS:
                 await client.subscribe(subject, cb=self._on_msg, pending_msgs_limit=1_000_000)
             await client.flush()  # the server has our interest before the first order goes
