@@ -1,0 +1,67 @@
+"""The orders a load run sends: the SPEC §2 body, the mix, and stock that cannot run out."""
+
+from __future__ import annotations
+
+import uuid
+
+import msgspec
+
+from jetsaga.load.arrivals import Kind
+from jetsaga.load.workload import (
+    MAX_QUANTITY,
+    OUT_OF_STOCK,
+    PAYMENT_DECLINED,
+    PAYMENT_OK,
+    Workload,
+)
+
+
+def test_order_body_has_the_fields_of_the_order_api() -> None:
+    workload = Workload("r1", products=5)
+    order = workload.build(7, Kind.OK)
+    body = msgspec.json.decode(order.body)
+    assert set(body) == {"orderId", "customerId", "items", "currency", "paymentMethod"}
+    assert body["orderId"] == order.order_id
+    assert uuid.UUID(order.order_id).version == 4
+    assert body["currency"] == "usd"
+    assert body["paymentMethod"] == PAYMENT_OK
+    assert 1 <= len(body["items"]) <= 2
+    for item in body["items"]:
+        assert set(item) == {"productId", "quantity", "unitPrice"}
+        assert item["productId"] in workload.product_ids
+        assert 1 <= item["quantity"] <= MAX_QUANTITY
+        assert item["unitPrice"] > 0
+
+
+def test_products_and_customers_are_unique_to_the_run() -> None:
+    a, b = Workload("run-a", products=3), Workload("run-b", products=3)
+    assert not set(a.product_ids) & set(b.product_ids)
+    assert a.out_of_stock_id not in a.product_ids
+    assert msgspec.json.decode(a.build(0, Kind.OK).body)["customerId"].startswith("load-run-a-")
+
+
+def test_declined_orders_pay_with_the_declining_card() -> None:
+    body = msgspec.json.decode(Workload("r", 4).build(0, Kind.DECLINE).body)
+    assert body["paymentMethod"] == PAYMENT_DECLINED == "pm_card_chargeCustomerFail"
+
+
+def test_out_of_stock_orders_ask_for_the_product_with_no_stock() -> None:
+    workload = Workload("r", 4)
+    for i in range(50):
+        order = workload.build(i, Kind.OUT_OF_STOCK)
+        assert (OUT_OF_STOCK, 1) in order.lines
+        items = msgspec.json.decode(order.body)["items"]
+        assert workload.out_of_stock_id in {item["productId"] for item in items}
+
+
+def test_lines_match_the_body() -> None:
+    workload = Workload("r", 6)
+    order = workload.build(3, Kind.OK)
+    items = msgspec.json.decode(order.body)["items"]
+    assert [(workload.product_id(k), q) for k, q in order.lines] == [
+        (item["productId"], item["quantity"]) for item in items
+    ]
+
+
+def test_stock_covers_every_order_asking_for_the_same_product() -> None:
+    assert Workload("r", 20).stock_per_product(1_000) >= 1_000 * MAX_QUANTITY
