@@ -20,6 +20,7 @@ from payment_service.gateway import (
     SUCCEEDED,
     Declined,
     Intent,
+    Missing,
     Rejected,
     Unavailable,
 )
@@ -88,7 +89,7 @@ class FakeGateway:
         try:
             return self.intents[intent_id]
         except KeyError:
-            raise Rejected("resource_missing") from None
+            raise Missing() from None
 
     async def create_intent(
         self, order_id: str, amount: int, currency: str, payment_method: str

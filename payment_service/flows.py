@@ -22,6 +22,7 @@ from payment_service.gateway import (
     SUCCEEDED,
     Declined,
     Intent,
+    Missing,
     PaymentGateway,
     Rejected,
     Unavailable,
@@ -84,14 +85,20 @@ async def advance(gw: PaymentGateway, work: Work) -> None:
     match rules.step(work.command, row):
         case Step.SETTLE:
             just_created = work.created is not None and work.created.id == row.intent_id
-            work.outcome = await _settle(gw, row, just_created)
+            try:
+                work.outcome = await _settle(gw, row, just_created)
+            except Missing as exc:  # an intent the gateway never had charged nothing
+                work.outcome = Outcome(status=rules.FAILED, failure_reason=exc.code)
         case Step.REFUND:
             assert row.intent_id
             work.outcome = Outcome(
                 status=rules.REFUNDED, refund_id=await gw.refund(row.order_id, row.intent_id)
             )
         case Step.UNWIND:
-            work.outcome = await _unwind(gw, row)
+            try:
+                work.outcome = await _unwind(gw, row)
+            except Missing:
+                work.outcome = Outcome(status=rules.VOIDED)
         case Step.VOID:
             work.outcome = Outcome(status=rules.VOIDED)
         case Step.REPLY | Step.CHARGE:

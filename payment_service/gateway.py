@@ -62,6 +62,14 @@ class Rejected(GatewayError):
     """The request was invalid, or the intent is not in a state that allows it."""
 
 
+class Missing(Rejected):
+    """The gateway does not know this intent (404), so nothing was charged through it. Real
+    Stripe never forgets one; a localstripe restarted without its store does."""
+
+    def __init__(self, code: str = "resource_missing", message: str = "") -> None:
+        super().__init__(code, message)
+
+
 class Unavailable(TransientError):
     """The gateway did not answer usefully (5xx, timeout, connection, rate limit, auth):
     the payment may or may not have happened, so the caller holds and retries."""

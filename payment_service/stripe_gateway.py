@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import stripe
 
-from payment_service.gateway import Declined, Intent, Rejected, Unavailable
+from payment_service.gateway import Declined, Intent, Missing, Rejected, Unavailable
 
 # The SDK logs request bodies (payment methods included) at debug level: never let it.
 logging.getLogger("stripe").setLevel(logging.WARNING)
@@ -42,6 +42,8 @@ def _translated(call: str) -> Iterator[None]:
         # 401/403: a key problem is ours to fix, not a reason to fail the customer's order.
         if status is None or status >= 500 or status in (401, 403, 409, 429):
             raise Unavailable(f"stripe {call}: HTTP {status}") from None
+        if status == 404:
+            raise Missing(exc.code or "resource_missing", f"stripe {call}") from None
         raise Rejected(exc.code or "invalid_request", f"stripe {call}: HTTP {status}") from None
 
 

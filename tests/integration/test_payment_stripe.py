@@ -22,7 +22,7 @@ from jetsaga.contracts import (
 )
 from jetsaga.devstack.procs import free_port
 from payment_service import store
-from payment_service.gateway import Declined, Rejected, Unavailable
+from payment_service.gateway import Declined, Missing, Rejected, Unavailable
 from payment_service.handlers import PaymentHandler
 from payment_service.main import MIGRATIONS
 from payment_service.stripe_gateway import StripeGateway
@@ -85,6 +85,11 @@ async def test_charge_customer_fail_is_declined_with_card_declined(gateway: Stri
 async def test_an_unknown_payment_method_is_rejected(gateway: StripeGateway) -> None:
     with pytest.raises(Rejected):
         await gateway.create_intent(new_order(), 500, "usd", "pm_does_not_exist")
+
+
+async def test_an_unknown_intent_is_missing(gateway: StripeGateway) -> None:
+    with pytest.raises(Missing):
+        await gateway.retrieve_intent("pi_never_made")
 
 
 async def test_cancel_makes_an_intent_unconfirmable(gateway: StripeGateway) -> None:

@@ -205,3 +205,24 @@ async def test_a_gateway_outage_leaves_the_order_undecided() -> None:
     with pytest.raises(Unavailable):
         await flows.advance(gw, w)
     assert w.outcome is None
+
+
+async def test_settle_of_an_intent_the_gateway_lost_fails_without_charging() -> None:
+    gw = FakeGateway()  # as a localstripe restarted without its store: the intent is gone
+    w = work(process(), "processing", "pi_forgotten")
+    await flows.advance(gw, w)
+    assert w.outcome == Outcome(status="failed", failure_reason="resource_missing")
+    assert gw.calls["confirm"] == 0
+
+
+async def test_unwind_of_an_intent_the_gateway_lost_voids() -> None:
+    w = work(REFUND, "processing", "pi_forgotten")
+    await flows.advance(FakeGateway(), w)
+    assert w.outcome == Outcome(status="voided")
+
+
+async def test_refund_of_a_charge_the_gateway_lost_is_an_error_not_an_outcome() -> None:
+    w = work(REFUND, "succeeded", "pi_forgotten")
+    with pytest.raises(Rejected):  # money may be held: an operator must look (dead letter)
+        await flows.advance(FakeGateway(), w)
+    assert w.outcome is None
