@@ -14,7 +14,6 @@ import msgspec
 
 from jetsaga.load.arrivals import Kind
 
-MAX_ITEMS: Final = 2
 MAX_QUANTITY: Final = 3
 CURRENCY: Final = "usd"
 PAYMENT_OK: Final = "pm_card_visa"
@@ -74,10 +73,13 @@ class Workload:
         return orders * MAX_QUANTITY + orders // 10 + 100
 
     def lines_for(self, kind: Kind) -> tuple[Line, ...]:
-        rng = self._rng
-        count = min(len(self.product_ids), rng.randint(1, MAX_ITEMS))
-        picked = rng.sample(range(len(self.product_ids)), count)
-        lines = [(k, rng.randint(1, MAX_QUANTITY)) for k in picked]
+        """One or two distinct products, 1 to MAX_QUANTITY of each (cheap: it runs per send)."""
+        rand, n = self._rng.random, len(self.product_ids)
+        first = int(rand() * n)
+        lines = [(first, 1 + int(rand() * MAX_QUANTITY))]
+        if n > 1 and rand() < 0.5:
+            second = (first + 1 + int(rand() * (n - 1))) % n
+            lines.append((second, 1 + int(rand() * MAX_QUANTITY)))
         if kind is Kind.OUT_OF_STOCK:
             # One line cannot be served; the whole order must fail and hold no stock.
             lines[-1] = (OUT_OF_STOCK, 1)

@@ -65,3 +65,12 @@ def test_lines_match_the_body() -> None:
 
 def test_stock_covers_every_order_asking_for_the_same_product() -> None:
     assert Workload("r", 20).stock_per_product(1_000) >= 1_000 * MAX_QUANTITY
+
+
+def test_orders_spread_over_all_products_with_one_or_two_distinct_lines() -> None:
+    workload = Workload("r", 7)
+    orders = [workload.build(i, Kind.OK) for i in range(2_000)]
+    assert {len(o.lines) for o in orders} == {1, 2}
+    assert all(len({k for k, _ in o.lines}) == len(o.lines) for o in orders)
+    assert {k for o in orders for k, _ in o.lines} == set(range(7))
+    assert {q for o in orders for _, q in o.lines} == set(range(1, MAX_QUANTITY + 1))
