@@ -4,6 +4,7 @@ out on JetStream, `GET /payments/{orderId}` and the payment metric."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import nats
 import pytest
+import stripe
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -26,6 +28,7 @@ from jetsaga.contracts import (
 )
 from jetsaga.devstack.nats import NatsServer
 from jetsaga.devstack.postgres import PostgresServer
+from jetsaga.devstack.stripe import LocalStripe
 from tests.support.services import ServiceProcess
 from tests.support.waiting import wait_until
 
@@ -147,3 +150,59 @@ async def test_unknown_orders_are_404_and_outcomes_are_counted(worker: Worker) -
         text = await resp.text()
     for status in ("succeeded", "failed", "refunded"):
         assert f'payments_processed_total{{status="{status}"}}' in text
+
+
+async def test_a_gateway_outage_holds_the_charge_until_the_gateway_is_back(
+    make_nats: Callable[[], NatsServer],
+    make_postgres: Callable[[], PostgresServer],
+    tmp_path: Path,
+    worker_logs: Path,
+) -> None:
+    bus, pg = make_nats(), make_postgres()
+    gateway = LocalStripe(port=None, store_path=tmp_path / "stripe.pickle",
+                          log_path=tmp_path / "localstripe.log")  # fmt: skip
+    await gateway.astart()
+    await setup.apply(config.Settings(nats_url=bus.url), out=lambda _: None)
+    env = {"NATS_URL": bus.url, "DATABASE_URL": pg.url, "STRIPE_API_BASE": gateway.api_base,
+           "STRIPE_SECRET_KEY": "sk_test_jetsaga", "LOG_FORMAT": "text"}  # fmt: skip
+    nc = await nats.connect(bus.url)
+    seen: list[AnyMessage] = []
+
+    async def collect(msg: Msg) -> None:
+        seen.append(contracts.decode(msg.subject, msg.data))
+
+    await nc.subscribe("payments.*", cb=collect)
+    process = await ServiceProcess("payment", env, worker_logs).start()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            worker, order = Worker(nc, process, seen, http), str(uuid.uuid4())
+            await asyncio.to_thread(gateway.stop)
+            await worker.send(charge(order))
+
+            async def status() -> str:
+                async with http.get(f"{process.url}/payments/{order}") as resp:
+                    return str((await resp.json())["status"]) if resp.status == 200 else ""
+
+            processing: str = await wait_until(status, timeout=30)
+            assert processing == "processing"  # maybe charged: held, not failed
+            # Past the SDK's own retries: the consumer loop holds the batch.
+            await wait_until(lambda: "holding batch" in process.tail(), timeout=30)
+            assert (await status()) == "processing" and not [
+                m for m in seen if m.order_id == order and not isinstance(m, ProcessPayment)
+            ]
+            await gateway.astart()  # the same port, the same store
+            answer = await worker.answer(order, PaymentSucceeded)
+            assert isinstance(answer, PaymentSucceeded)
+            assert [type(m) for m in seen if m.order_id == order] == [
+                ProcessPayment,
+                PaymentSucceeded,
+            ]
+        client = stripe.StripeClient("sk_test_jetsaga", base_addresses={"api": gateway.api_base})
+        intents = await asyncio.to_thread(client.v1.payment_intents.list, {"limit": 100})
+        ours = [i for i in intents.data if i.metadata.to_dict().get("orderId") == order]
+        assert [(i.id, i.status) for i in ours] == [(answer.stripe_payment_intent_id, "succeeded")]
+    finally:
+        await process.stop()
+        await nc.close()
+        for server in (gateway, bus, pg):
+            await asyncio.to_thread(server.stop)
