@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from payment_service.gateway import (
     CANCELED,
     DECLINED_TOKENS,
+    REQUIRES_ACTION,
     REQUIRES_CONFIRMATION,
     REQUIRES_PAYMENT_METHOD,
     SUCCEEDED,
@@ -24,6 +25,8 @@ from payment_service.gateway import (
     Rejected,
     Unavailable,
 )
+
+_CANCELABLE = (REQUIRES_CONFIRMATION, REQUIRES_PAYMENT_METHOD, REQUIRES_ACTION, "requires_capture")
 
 
 def _new_id(prefix: str) -> str:
@@ -120,7 +123,7 @@ class FakeGateway:
     async def cancel_intent(self, order_id: str, intent_id: str) -> Intent:
         self._enter("cancel")
         intent = self._get(intent_id)
-        if intent.status in (SUCCEEDED, CANCELED):
+        if intent.status not in _CANCELABLE:
             raise Rejected("payment_intent_unexpected_state")
         intent.status = CANCELED
         return intent.view()

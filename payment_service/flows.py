@@ -2,7 +2,7 @@
 row change they lead to. No SQL here: the handler reads rows before and writes changes after.
 
 A call that fails with `Unavailable` leaves the order undecided ("maybe charged"): the row
-stays as it is and the command is retried. `Declined` and `Rejected` are outcomes.
+stays as it is and the command is held and retried. `Declined` and `Rejected` are outcomes.
 """
 
 from __future__ import annotations
@@ -25,12 +25,16 @@ from payment_service.gateway import (
     Missing,
     PaymentGateway,
     Rejected,
-    Unavailable,
 )
 from payment_service.rules import Command, Step
 from payment_service.store import Payment
 
 log = logging.getLogger(__name__)
+
+
+class Undecided(Exception):
+    """The intent is in a state we cannot settle from (`processing`, say). Not an outage, so
+    not held: the message is redelivered with back-off, then dead-lettered for an operator."""
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,7 +126,7 @@ async def _settle(gw: PaymentGateway, row: Payment, just_created: bool) -> Outco
                 return Outcome(status=rules.FAILED, failure_reason=exc.code)
     result = rules.charge_result(intent)
     if result is None:
-        raise Unavailable(f"payment intent still {intent.status}")
+        raise Undecided(f"payment intent still {intent.status}")
     status, reason = result
     payment_id = intent.id if status == rules.CHARGED else None
     return Outcome(status=status, failure_reason=reason, payment_id=payment_id)
@@ -143,4 +147,4 @@ async def _unwind(gw: PaymentGateway, row: Payment) -> Outcome:
         return Outcome(status=rules.REFUNDED, payment_id=intent.id, refund_id=refund_id)
     if intent.status == CANCELED:
         return Outcome(status=rules.VOIDED)
-    raise Unavailable(f"payment intent {intent.status} could not be cancelled yet")
+    raise Undecided(f"payment intent {intent.status} could not be cancelled yet")

@@ -120,6 +120,8 @@ class PaymentHandler:
     async def _commit(self, works: list[Work]) -> int:
         """Write outcomes, claim the inbox and enqueue answers in one transaction; returns
         how many commands turned out to be duplicates."""
+        if not works:
+            return 0
         async with self._pool.acquire() as conn, conn.transaction():
             applied = await store.apply(conn, rounds.changes(works))
             changed, answering = rounds.written(works, applied)

@@ -226,3 +226,12 @@ async def test_refund_of_a_charge_the_gateway_lost_is_an_error_not_an_outcome() 
     with pytest.raises(Rejected):  # money may be held: an operator must look (dead letter)
         await flows.advance(FakeGateway(), w)
     assert w.outcome is None
+
+
+async def test_an_intent_stuck_processing_is_undecided_not_an_outage() -> None:
+    gw = FakeGateway()
+    made = await intent(gw)
+    gw.intents[made.id].status = "processing"  # an async payment method still settling
+    for command in (process(), REFUND):
+        with pytest.raises(flows.Undecided):  # redelivered with back-off, never held forever
+            await flows.advance(gw, work(command, "processing", made.id))
