@@ -43,6 +43,8 @@ async def wire(rt: runtime.Runtime) -> runtime.Parts:
         try:  # let in-flight batches finish their gateway calls first
             async with asyncio.timeout(DRAIN_LIMIT_S):
                 await handler.wait_idle()
+        except TimeoutError:
+            log.warning("closing the payment gateway with a batch still in flight")
         finally:
             await gateway.close()
 
