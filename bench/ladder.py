@@ -36,7 +36,7 @@ URL, INVENTORY_URL, NATS_URL = (
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-class Step(msgspec.Struct, kw_only=True):
+class Step(msgspec.Struct, kw_only=True, rename="camel"):
     rate: float
     exit_code: int
     final_per_s: float
@@ -97,7 +97,7 @@ def step(up: Child, rate: float, args: argparse.Namespace, out: Path, nats_url: 
 
 HEADER = (
     f"{'rate/s':>7} {'final/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'lost':>6} "
-    f"{'CPU ms/saga':>11} {'box CPU%':>8}  worker peak RSS MiB (order/inventory/payment)"
+    f"{'CPU ms/saga':>11} {'box CPU%':>8} {'stock':>5}  worker peak RSS MiB (order/inv/payment)"
 )
 
 
@@ -108,8 +108,8 @@ def row(s: Step) -> str:
     )
     return (
         f"{s.rate:>7g} {s.final_per_s:>8.1f} {s.p50_ms:>8.1f} {s.p95_ms:>8.1f} "
-        f"{s.p99_ms:>8.1f} {s.lost:>6} {s.cpu_ms_per_saga:>11.3f} {s.machine_busy_pct:>8.0f}  "
-        f"{rss}"
+        f"{s.p99_ms:>8.1f} {s.lost:>6} {s.cpu_ms_per_saga:>11.3f} {s.machine_busy_pct:>8.0f} "
+        f"{'ok' if s.stock_ok else 'BAD':>5}  {rss}"
     )
 
 

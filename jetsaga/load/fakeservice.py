@@ -31,7 +31,9 @@ _json = msgspec.json.Encoder()
 
 class FakeSystem:
     """`lose(orderId)` keeps an order PENDING for ever (stock reserved); `pending_reads`
-    GETs of each order say PENDING before the final status shows."""
+    GETs of each order say PENDING before the final status shows; confirmed stock stays
+    reserved until `sale_lag_reads` stock reads have been made, as when the inventory
+    service has yet to consume `orders.confirmed`."""
 
     def __init__(
         self,
@@ -40,6 +42,7 @@ class FakeSystem:
         pending_reads: int = 0,
         unavailable_every: int = 0,
         on_final: FinalHook | None = None,
+        sale_lag_reads: int = 0,
     ) -> None:
         self.lose = lose
         self.pending_reads = pending_reads
@@ -49,6 +52,8 @@ class FakeSystem:
         self.reads: dict[str, int] = {}
         self.stock: dict[str, list[int]] = {}  # productId -> [available, reserved, sold]
         self.posts = 0
+        self.sale_lag_reads = sale_lag_reads
+        self._unsold: list[tuple[list[int], int]] = []  # confirmed, still reserved
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -65,9 +70,12 @@ class FakeSystem:
         lost = self.lose(order.order_id)
         if order.payment_method == PAYMENT_DECLINED and not lost:
             return "CANCELLED"
+        held = lost or self.sale_lag_reads > 0
         for level, qty in lines:
             level[0] -= qty
-            level[1 if lost else 2] += qty
+            level[1 if held else 2] += qty
+            if held and not lost:
+                self._unsold.append((level, qty))
         return "PENDING" if lost else "CONFIRMED"
 
     async def post_order(self, request: web.Request) -> web.Response:
@@ -110,6 +118,12 @@ class FakeSystem:
         product_id = request.match_info["id"]
         if product_id not in self.stock:
             return web.Response(status=404)
+        self.sale_lag_reads -= 1
+        if self.sale_lag_reads <= 0:
+            for level, qty in self._unsold:  # the confirmations are consumed at last
+                level[1] -= qty
+                level[2] += qty
+            self._unsold.clear()
         available, reserved, sold = self.stock[product_id]
         body = {"productId": product_id, "available": available, "reserved": reserved, "sold": sold}
         return web.Response(body=_json.encode(body), content_type="application/json")

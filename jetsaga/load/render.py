@@ -95,6 +95,8 @@ def _stock(report: Report) -> str:
         return f"[yellow]not checked[/]: {st.note}"
     if st.ok:
         extra = "" if st.sold_expected is None else f", reserved 0, sold {st.sold:,} = confirmed"
+        if st.waited_s >= 0.5:
+            extra += f"; right {st.waited_s:.1f} s after the last final status"
         return f"[green]ok[/] over {st.products} products (total {st.set_total:,} kept{extra})"
     shown = "; ".join(st.violations[:5])
     more = f" (+{len(st.violations) - 5} more)" if len(st.violations) > 5 else ""

@@ -28,6 +28,7 @@ from jetsaga.load.workload import OUT_OF_STOCK, Workload, new_run_id
 
 _LEAD_NS: Final = 50_000_000  # the first order is due this long after set-up ends
 _POLL_CONCURRENCY: Final = 32
+_STOCK_WAIT_S: Final = 10.0  # at least this long for the stock to catch up with the orders
 
 
 class Options(msgspec.Struct, frozen=True, kw_only=True):
@@ -106,7 +107,8 @@ async def execute(opts: Options, console: Console) -> report.Report:
             for k, qty in tracker.confirmed_lines():
                 if k != OUT_OF_STOCK:
                     sold[workload.product_ids[k]] += qty
-        checked = await stock.check_stock(gets, opts.inventory_url, levels, sold)
+        stock_wait_s = max(_STOCK_WAIT_S, (phase.deadline_ns - time.monotonic_ns()) / 1e9)
+        checked = await stock.check_stock(gets, opts.inventory_url, levels, sold, stock_wait_s)
     if send.cap_hits:
         notes.append(
             f"in-flight cap {opts.max_in_flight} held the sender back {send.cap_hits} "

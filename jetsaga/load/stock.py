@@ -8,6 +8,7 @@ quantities of the run's CONFIRMED orders.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 
 import aiohttp
@@ -36,8 +37,10 @@ class StockCheck(msgspec.Struct, kw_only=True, rename="camel"):
     sold_expected: int | None = None  # None: some orders are not final, so unknown
     violations: list[str] = msgspec.field(default_factory=list)
     note: str | None = None
+    waited_s: float = 0.0  # from the last final status until the stock was right (or gave up)
 
 
+_REREAD_S = 0.25
 _encoder = msgspec.json.Encoder()
 _level = msgspec.json.Decoder(StockLevel)
 
@@ -102,9 +105,21 @@ async def check_stock(
     url: str,
     set_levels: Mapping[str, int],
     sold_expected: Mapping[str, int] | None,
+    wait_s: float,
 ) -> StockCheck:
-    try:
-        levels = await asyncio.gather(*(read_stock(session, url, p) for p in set_levels))
-    except (aiohttp.ClientError, StockError, msgspec.DecodeError) as exc:
-        return StockCheck(checked=False, ok=False, note=f"could not read stock: {exc}")
-    return judge(set_levels, dict(zip(set_levels, levels, strict=True)), sold_expected)
+    """Judge the stock, re-reading it for up to `wait_s` while it is not yet right: the
+    inventory service moves reserved stock to sold only when it consumes
+    `orders.confirmed`, a moment after the order itself went final."""
+    began = time.monotonic()
+    while True:
+        try:
+            levels = await asyncio.gather(*(read_stock(session, url, p) for p in set_levels))
+        except (aiohttp.ClientError, StockError, msgspec.DecodeError) as exc:
+            check = StockCheck(checked=False, ok=False, note=f"could not read stock: {exc}")
+        else:
+            check = judge(set_levels, dict(zip(set_levels, levels, strict=True)), sold_expected)
+        waited = time.monotonic() - began
+        if check.ok or waited >= wait_s:
+            check.waited_s = round(waited, 3)
+            return check
+        await asyncio.sleep(min(_REREAD_S, wait_s - waited))

@@ -146,3 +146,12 @@ async def test_a_run_stops_before_sending_when_stock_cannot_be_set(closed_port: 
                 options(url, closed_port, inventory_url=f"http://127.0.0.1:{closed_port}"), quiet()
             )
     assert fake.posts == 0
+
+
+async def test_stock_is_read_again_until_the_inventory_catches_up(closed_port: int) -> None:
+    # Stock of confirmed orders stays reserved for the first 3 reads of each of 6 products.
+    async for url in started(FakeSystem(sale_lag_reads=3 * 6)):
+        report = await execute(options(url, closed_port, duration=0.25), quiet())
+    assert report.stock.ok, report.stock.violations
+    assert report.stock.waited_s > 0
+    assert report.exit_code == 0
