@@ -33,7 +33,7 @@ async def test_paid_order_is_confirmed_and_its_stock_sold(
         "PAYMENT_SUCCEEDED",
         "COMPLETED",
     ]
-    await _wait_stock(api, product, {"available": 7, "reserved": 0, "sold": 3})
+    await api.wait_stock(product, available=7, reserved=0, sold=3)
     payment = await api.payment(order_id)
     assert payment is not None and payment["status"] == "succeeded"
     stripe_api = stripe.StripeClient(
@@ -56,7 +56,7 @@ async def test_declined_payment_cancels_the_order_and_releases_stock(
 
     assert order["status"] == "CANCELLED" and order["sagaStatus"] == "COMPENSATED"
     assert order["reason"] == "card_declined"
-    await _wait_stock(api, product, {"available": 5, "reserved": 0, "sold": 0})
+    await api.wait_stock(product, available=5, reserved=0, sold=0)
     payment = await api.payment(order_id)
     assert payment is not None and payment["status"] == "failed"
 
@@ -90,7 +90,7 @@ async def test_last_unit_goes_to_exactly_one_of_two_racing_orders(api: Api, prod
     finals = sorted([(await api.wait_final(i))["status"] for i in ids])
 
     assert finals == ["CONFIRMED", "FAILED"]
-    await _wait_stock(api, product, {"available": 0, "reserved": 0, "sold": 1})
+    await api.wait_stock(product, available=0, reserved=0, sold=1)
 
 
 async def test_same_idempotency_key_and_body_starts_one_saga(api: Api, product: str) -> None:
@@ -104,7 +104,7 @@ async def test_same_idempotency_key_and_body_starts_one_saga(api: Api, product: 
     assert second[2]["Location"] == f"/orders/{first[1]['orderId']}"
     order = await api.wait_final(first[1]["orderId"])
     assert [h["sagaStatus"] for h in order["history"]].count("STARTED") == 1
-    await _wait_stock(api, product, {"available": 9, "reserved": 0, "sold": 1})
+    await api.wait_stock(product, available=9, reserved=0, sold=1)
 
 
 async def test_same_key_with_another_body_is_a_conflict(api: Api, product: str) -> None:
@@ -189,13 +189,3 @@ async def test_setup_twice_changes_nothing_the_second_time(system: System) -> No
     result = await setup.apply(system.settings, out=lines.append)
     assert set(result.values()) == {"unchanged"}
     assert all(line.endswith("unchanged") for line in lines)
-
-
-async def _wait_stock(api: Api, product: str, want: dict[str, int]) -> None:
-    from tests.support.waiting import wait_until
-
-    async def matches() -> bool:
-        got = await api.stock(product)
-        return all(got[k] == v for k, v in want.items())
-
-    await wait_until(matches, timeout=15, message=f"stock of {product} == {want}")

@@ -78,6 +78,15 @@ class Api:
             result: dict[str, int] = await r.json()
             return result
 
+    async def wait_stock(self, product_id: str, **want: int) -> dict[str, int]:
+        """Until the product's stock shows `want` (e.g. available=7, sold=3)."""
+
+        async def matches() -> dict[str, int] | None:
+            got = await self.stock(product_id)
+            return got if all(got[k] == v for k, v in want.items()) else None
+
+        return await wait_until(matches, timeout=15, message=f"stock of {product_id} is {want}")
+
     async def payment(self, order_id: str) -> dict[str, Any] | None:
         async with self.http.get(f"{self.payment_url}/payments/{order_id}") as r:
             if r.status == 404:
