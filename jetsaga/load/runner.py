@@ -53,8 +53,12 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("--products and --max-in-flight must be >= 1, --settle-timeout >= 0")
 
 
-async def execute(opts: Options, console: Console) -> report.Report:
-    """One load test, start to end. Raises `stock.StockError` if stock cannot be set."""
+async def execute(
+    opts: Options, console: Console, orders: dict[str, str] | None = None
+) -> report.Report:
+    """One load test, start to end. Raises `stock.StockError` if stock cannot be set.
+    `orders`, if given, is filled with each accepted order's id and the final status seen
+    (PENDING if none), so that a caller can hold the report against the database."""
     opts.validate()
     count = arrivals.order_count(opts.rate, opts.duration)
     workload = Workload(new_run_id(), opts.products)
@@ -137,6 +141,8 @@ async def execute(opts: Options, console: Console) -> report.Report:
         lag_p99_ms=tracker.send_lag.get_value_at_percentile(99) / 1000.0,
         lag_max_ms=tracker.send_lag.get_max_value() / 1000.0,
     )
+    if orders is not None:
+        orders.update(tracker.accepted_outcomes())
     return report.build(info, tracker, stats, checked)
 
 

@@ -182,6 +182,12 @@ class Tracker:
             if self.final[i] == Outcome.CONFIRMED:
                 yield from self.lines[i]
 
+    def accepted_outcomes(self) -> Iterator[tuple[str, str]]:
+        """(orderId, final status or PENDING) of every accepted order."""
+        for i in range(self.count):
+            if self.post[i] == Post.ACCEPTED:
+                yield self.order_ids[i], Outcome(self.final[i]).name.replace("NONE", "PENDING")
+
     def ambiguous_orders(self) -> list[int]:
         return [i for i in range(self.count) if self.post[i] == Post.AMBIGUOUS]
 

@@ -155,3 +155,11 @@ async def test_stock_is_read_again_until_the_inventory_catches_up(closed_port: i
     assert report.stock.ok, report.stock.violations
     assert report.stock.waited_s > 0
     assert report.exit_code == 0
+
+
+async def test_the_caller_can_have_every_accepted_order_and_its_status(closed_port: int) -> None:
+    fake, seen = FakeSystem(), dict[str, str]()
+    async for url in started(fake):
+        report = await execute(options(url, closed_port, duration=0.25), quiet(), orders=seen)
+    assert seen == {oid: status for oid, (status, _) in fake.orders.items()}
+    assert Counter(seen.values())["CONFIRMED"] == report.confirmed
