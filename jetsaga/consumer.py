@@ -119,9 +119,11 @@ class Consumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
-        sub = await self._js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream)
         async with asyncio.TaskGroup() as group:
             for _ in range(self._concurrency):
+                # One subscription per loop: fetches sharing an inbox steal each other's
+                # messages and status replies, which stalls them until their expiry.
+                sub = await self._js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream)
                 group.create_task(self._loop(sub, stop))
 
     async def _loop(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
