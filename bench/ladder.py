@@ -25,35 +25,15 @@ import msgspec
 
 from bench import procfs
 from bench.loadrun import run_load
+from bench.steps import HEADER, P99_LIMIT_MS, Step, capacity, row
 from jetsaga.devstack.procs import Child, port_in_use
 
-P99_LIMIT_MS = 500.0
 URL, INVENTORY_URL, NATS_URL = (
     "http://127.0.0.1:3004",
     "http://127.0.0.1:3006",
     "nats://127.0.0.1:4222",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-class Step(msgspec.Struct, kw_only=True, rename="camel"):
-    rate: float
-    exit_code: int
-    final_per_s: float
-    accepted_per_s: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    max_ms: float
-    sent: int
-    finals: int
-    lost: int
-    stock_ok: bool
-    cpu_s_by_role: dict[str, float]  # the stack's processes, and "runner"
-    cpu_ms_per_saga: float
-    machine_busy_pct: float  # all processes on the box, of 100% per core
-    worker_peak_rss_mib: dict[str, float]
-    report: str
 
 
 def load(
@@ -93,29 +73,6 @@ def step(up: Child, rate: float, args: argparse.Namespace, out: Path, nats_url: 
         worker_peak_rss_mib={k: round(v, 1) for k, v in sorted(rss.peak_mib.items())},
         report=str(out / f"rate-{rate:g}.json"),
     )  # fmt: skip
-
-
-HEADER = (
-    f"{'rate/s':>7} {'final/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'lost':>6} "
-    f"{'CPU ms/saga':>11} {'box CPU%':>8} {'stock':>5}  worker peak RSS MiB (order/inv/payment)"
-)
-
-
-def row(s: Step) -> str:
-    rss = "/".join(
-        f"{s.worker_peak_rss_mib.get(f'worker-{w}', 0):.0f}"
-        for w in ("order", "inventory", "payment")
-    )
-    return (
-        f"{s.rate:>7g} {s.final_per_s:>8.1f} {s.p50_ms:>8.1f} {s.p95_ms:>8.1f} "
-        f"{s.p99_ms:>8.1f} {s.lost:>6} {s.cpu_ms_per_saga:>11.3f} {s.machine_busy_pct:>8.0f} "
-        f"{'ok' if s.stock_ok else 'BAD':>5}  {rss}"
-    )
-
-
-def capacity(steps: list[Step]) -> str:
-    good = [s.rate for s in steps if s.lost == 0 and s.p99_ms <= P99_LIMIT_MS and s.stock_ok]
-    return f"{max(good):g} orders/s" if good else "below the lowest rate tried"
 
 
 def start_stack(data_dir: Path, gateway: str, out: Path) -> Child:

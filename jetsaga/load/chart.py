@@ -12,7 +12,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from jetsaga.load.report import Point, Report
+from jetsaga.load.figures import Point
+from jetsaga.load.report import Report
 
 _W, _H, _L, _R, _T, _B = 900, 260, 64, 16, 28, 36  # size and margins of one panel
 _COLOURS = {

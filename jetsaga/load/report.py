@@ -9,33 +9,13 @@ from __future__ import annotations
 from collections import Counter
 
 import msgspec
-from hdrh.histogram import HdrHistogram
 
 from jetsaga.load.arrivals import Kind
+from jetsaga.load.figures import Latency, Point, Throughput, latency_of, throughput, time_series
 from jetsaga.load.stock import StockCheck
 from jetsaga.load.tracker import EXPECTED, Outcome, Post, Tracker
 
-_NS_PER_S = 1e9
-
-
-class Latency(msgspec.Struct, kw_only=True, rename="camel"):
-    """Milliseconds."""
-
-    count: int
-    p50: float
-    p95: float
-    p99: float
-    p999: float
-    max: float
-    mean: float
-
-
-class Throughput(msgspec.Struct, kw_only=True, rename="camel"):
-    window_s: float  # the sending window: due time of the first order to that of the last
-    final_per_s: float  # orders that went final inside the window, per second of it
-    final_per_s_overall: float  # all final orders, from the first due time to the last final
-    accepted_per_s: float
-    sent_per_s: float
+__all__ = ["Latency", "Point", "Report", "RunInfo", "SenderStats", "Throughput", "build"]
 
 
 class SenderStats(msgspec.Struct, kw_only=True, rename="camel"):
@@ -45,16 +25,6 @@ class SenderStats(msgspec.Struct, kw_only=True, rename="camel"):
     max_in_flight: int
     lag_p99_ms: float  # how late sends left against their due time
     lag_max_ms: float
-
-
-class Point(msgspec.Struct, kw_only=True, rename="camel"):
-    t: int  # seconds since the run started
-    sent: int
-    accepted: int
-    final: int
-    p50: float | None  # ms, of the orders that went final in this second
-    p95: float | None
-    p99: float | None
 
 
 class RunInfo(msgspec.Struct, kw_only=True, rename="camel"):
@@ -92,62 +62,6 @@ class Report(msgspec.Struct, kw_only=True, rename="camel"):
     stock: StockCheck
     time_series: list[Point]
     exit_code: int
-
-
-def latency_of(histogram: HdrHistogram) -> Latency:
-    if histogram.get_total_count() == 0:
-        return Latency(count=0, p50=0.0, p95=0.0, p99=0.0, p999=0.0, max=0.0, mean=0.0)
-    ms = {p: histogram.get_value_at_percentile(p) / 1000.0 for p in (50, 95, 99, 99.9)}
-    return Latency(
-        count=histogram.get_total_count(),
-        p50=ms[50],
-        p95=ms[95],
-        p99=ms[99],
-        p999=ms[99.9],
-        max=histogram.get_max_value() / 1000.0,
-        mean=round(histogram.get_mean_value() / 1000.0, 3),
-    )
-
-
-def nearest_rank(ordered: list[int], p: float) -> int:
-    """The p-th percentile (0 < p <= 100) of a sorted, non-empty list, by nearest rank."""
-    rank = -(-len(ordered) * p // 100)  # ceil
-    return ordered[max(0, int(rank) - 1)]
-
-
-def time_series(tracker: Tracker) -> list[Point]:
-    points = []
-    for t, second in enumerate(tracker.seconds):
-        lat = sorted(second.latencies_us)
-        pct = [nearest_rank(lat, p) / 1000.0 if lat else None for p in (50, 95, 99)]
-        points.append(
-            Point(
-                t=t,
-                sent=second.sent,
-                accepted=second.accepted,
-                final=second.final,
-                p50=pct[0],
-                p95=pct[1],
-                p99=pct[2],
-            )
-        )
-    return points
-
-
-def throughput(tracker: Tracker, rate: float) -> Throughput:
-    window_ns = max(tracker.count, 1) / rate * _NS_PER_S
-    end_ns = tracker.start_ns + window_ns
-    final_ns = [t for t in tracker.final_ns if t]
-    in_window = sum(1 for t in final_ns if t <= end_ns)
-    overall_s = (max(final_ns, default=tracker.start_ns) - tracker.start_ns) / _NS_PER_S
-    window_s = window_ns / _NS_PER_S
-    return Throughput(
-        window_s=round(window_s, 3),
-        final_per_s=round(in_window / window_s, 1),
-        final_per_s_overall=round(len(final_ns) / overall_s, 1) if overall_s > 0 else 0.0,
-        accepted_per_s=round(tracker.accepted / window_s, 1),
-        sent_per_s=round(tracker.sent / window_s, 1),
-    )
 
 
 def build(info: RunInfo, tracker: Tracker, sender: SenderStats, stock: StockCheck) -> Report:

@@ -6,7 +6,8 @@ import msgspec
 import pytest
 
 from jetsaga.load.arrivals import Kind
-from jetsaga.load.report import Report, RunInfo, SenderStats, build, nearest_rank, to_json
+from jetsaga.load.figures import nearest_rank
+from jetsaga.load.report import Report, RunInfo, SenderStats, build, to_json
 from jetsaga.load.stock import StockCheck
 from jetsaga.load.tracker import Outcome, Post, Tracker
 from jetsaga.load.workload import Order

@@ -1,0 +1,50 @@
+"""The benchmark's bookkeeping: capacity from the ladder, roles and CPU read from /proc."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from bench import procfs
+from bench.steps import Step, capacity, row
+
+
+def step(rate: float, p99_ms: float, lost: int = 0, stock_ok: bool = True) -> Step:
+    return Step(
+        rate=rate, exit_code=0, final_per_s=rate, accepted_per_s=rate, p50_ms=1.0, p95_ms=2.0,
+        p99_ms=p99_ms, max_ms=p99_ms, sent=100, finals=100 - lost, lost=lost, stock_ok=stock_ok,
+        cpu_s_by_role={"runner": 1.0}, cpu_ms_per_saga=1.0, machine_busy_pct=150.0,
+        worker_peak_rss_mib={"worker-order": 80.0}, report="r.json",
+    )  # fmt: skip
+
+
+def test_capacity_is_the_highest_rate_with_nothing_lost_and_p99_within_500_ms() -> None:
+    ladder = [step(250, 40), step(500, 90), step(1000, 480), step(1500, 900), step(2000, 300, 3)]
+    assert capacity(ladder) == "1000 orders/s"
+    assert capacity([step(250, 501)]) == "below the lowest rate tried"
+    assert capacity([step(250, 100, stock_ok=False)]) == "below the lowest rate tried"
+
+
+def test_a_row_shows_rate_latency_lost_cpu_and_worker_memory() -> None:
+    line = row(step(1000, 480))
+    assert line.split()[:6] == ["1000", "1000.0", "1.0", "2.0", "480.0", "0"]
+    assert line.endswith("80/0/0")
+
+
+def test_processes_are_sorted_into_the_parts_of_the_stack() -> None:
+    assert procfs.role_of("nats-server", "/x/nats-server -js") == "nats"
+    assert procfs.role_of("postgres", "postgres: postgres order_service") == "postgres"
+    assert procfs.role_of("python3", "python -m jetsaga.cli worker order") == "worker-order"
+    assert procfs.role_of("python3", "python -m jetsaga.cli worker payment") == "worker-payment"
+    assert procfs.role_of("python3", "python -m jetsaga.devstack.stripe --port 1") == "stripe"
+    assert procfs.role_of("python3", "python -m jetsaga.cli up --no-seed") == "up"
+
+
+def test_cpu_of_a_tree_includes_children_that_already_exited() -> None:
+    before = sum(procfs.cpu_by_role(os.getpid()).values())
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    subprocess.run([sys.executable, "-c", burn], check=True)  # reaped: lands in our cutime
+    after = sum(procfs.cpu_by_role(os.getpid()).values())
+    assert after - before >= 0.3
+    assert os.getpid() in procfs.tree(os.getpid())
