@@ -7,6 +7,8 @@ time the cap holds the sender back it is counted and reported.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import resource
 import time
 from collections.abc import Callable
 from typing import Final
@@ -18,12 +20,19 @@ from jetsaga.load.tracker import Post, Tracker
 from jetsaga.load.workload import Workload
 
 POST_TIMEOUT_S: Final = 30.0
+_SPARE_FILES: Final = 200  # for the GET pool, NATS, stock reads and the files we write
 _JSON: Final = {"Content-Type": "application/json"}
 
 
 def pool_size(rate: float, max_in_flight: int) -> int:
-    """Connections enough for a second's worth of slow answers, without client queueing."""
-    return max(16, min(max_in_flight, int(rate) + 16))
+    """Connections enough for a second's worth of slow answers, without client queueing,
+    within the open-file limit (raised to the hard limit first)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return max(16, min(max_in_flight, int(rate) + 16, soft - _SPARE_FILES))
 
 
 def open_session(connections: int) -> aiohttp.ClientSession:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import resource
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +16,7 @@ from rich.console import Console
 
 from jetsaga.load.fakeservice import FakeSystem, publisher, serve
 from jetsaga.load.runner import Options, execute
+from jetsaga.load.sender import pool_size
 from jetsaga.load.stock import StockError
 
 
@@ -163,3 +165,10 @@ async def test_the_caller_can_have_every_accepted_order_and_its_status(closed_po
         report = await execute(options(url, closed_port, duration=0.25), quiet(), orders=seen)
     assert seen == {oid: status for oid, (status, _) in fake.orders.items()}
     assert Counter(seen.values())["CONFIRMED"] == report.confirmed
+
+
+def test_the_connection_pool_is_sized_for_the_rate_within_the_caps() -> None:
+    assert pool_size(10, 10_000) == 26
+    assert pool_size(5_000, 100) == 100  # never more than the in-flight cap
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert 16 <= pool_size(1_000_000, 1_000_000) <= soft - 200  # nor more than files allow
