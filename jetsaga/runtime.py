@@ -24,7 +24,7 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from jetsaga import db
+from jetsaga import db, tracing
 from jetsaga.config import Settings
 from jetsaga.consumer import Consumer, Handler
 from jetsaga.contracts import ConsumerSpec
@@ -123,6 +123,7 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     stop = stop or asyncio.Event()
+    tracing.configure(f"{service}-service")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -175,4 +176,5 @@ async def serve(
             log.warning("outbox not fully flushed; the next worker will publish it")
         await nc.close()
         await pool.close()
+        await asyncio.to_thread(tracing.shutdown)  # exports the spans still buffered
         log.info("stopped")
