@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import msgspec
@@ -30,7 +30,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from jetsaga import contracts
+from jetsaga import contracts, tracing
 from jetsaga.contracts import MAX_DELIVER, ConsumerSpec
 from jetsaga.metrics import HANDLER_DURATION, MESSAGES_DEAD_LETTERED, MESSAGES_PROCESSED
 
@@ -70,7 +70,10 @@ class Delivery:
     message: contracts.AnyMessage
     msg_id: str  # Nats-Msg-Id, the causation id of whatever the handler emits
     num_delivered: int
+    # The context of the messages a handler emits: this delivery's span with tracing on,
+    # else the traceparent the message arrived with.
     traceparent: str | None = None
+    span: tracing.Span | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -158,12 +161,18 @@ class Consumer:
             raise PermanentError(f"undecodable {msg.subject}: {exc}") from None
         except KeyError:
             raise PermanentError(f"subject {msg.subject} is not in the contract") from None
+        deliveries = msg.metadata.num_delivered
+        incoming = headers.get(contracts.TRACEPARENT)
+        traceparent, span = tracing.consume(
+            msg.subject, self.spec.durable, message.order_id, deliveries, incoming
+        )
         return Delivery(
             subject=msg.subject,
             message=message,
             msg_id=headers.get(contracts.MSG_ID, ""),
-            num_delivered=msg.metadata.num_delivered,
-            traceparent=headers.get(contracts.TRACEPARENT),
+            num_delivered=deliveries,
+            traceparent=traceparent,
+            span=span,
         )
 
     async def _apply(self, batch: list[tuple[Msg, Delivery]]) -> None:
@@ -172,6 +181,8 @@ class Consumer:
             await self._apply_held(batch)
         except _Abandoned:
             log.info("left a held batch for redelivery", extra={"durable": self.spec.durable})
+            for _, delivery in batch:
+                tracing.finish(delivery.span, "abandoned")
         finally:
             heartbeat.cancel()
 
@@ -236,6 +247,7 @@ class Consumer:
             except nats.errors.Error:
                 # The effect is committed; a redelivery will be dropped by the inbox.
                 log.warning("ack failed", extra={"orderId": delivery.message.order_id})
+            tracing.finish(delivery.span, "acked")
             log.debug(
                 "handled",
                 extra={
@@ -260,6 +272,7 @@ class Consumer:
                 "message failed for good",
                 extra={**extra, "outcome": "dead_lettered", "error": error},
             )
+            tracing.finish(delivery.span, "dead_lettered", error)
             await self._give_up(msg, error)
             return
         delay = self._retry_delay(delivery.num_delivered)
@@ -269,6 +282,7 @@ class Consumer:
             extra={**extra, "outcome": "nacked", "delaySeconds": delay},
         )
         MESSAGES_PROCESSED.labels(self.spec.durable, "nacked").inc()
+        tracing.finish(delivery.span, "nacked", error)
         await msg.nak(delay=delay)
 
     async def _give_up(self, msg: Msg, error: str) -> None:
