@@ -18,6 +18,7 @@ import msgspec
 from aiohttp import web
 
 from jetsaga import contracts as c
+from jetsaga import tracing
 from jetsaga.config import Settings
 from jetsaga.http import error, json_response
 from jetsaga.outbox import OutboxRelay, outgoing
@@ -59,6 +60,13 @@ def _decode_cursor(cursor: str) -> tuple[datetime.datetime, str]:
 
 def routes(pool: asyncpg.Pool, settings: Settings, relay: OutboxRelay) -> list[web.RouteDef]:
     async def create(request: web.Request) -> web.Response:
+        # The intake's trace context is the order's: orders.created carries it.
+        with tracing.intake("POST", "/orders", request.headers.get(c.TRACEPARENT)) as trace:
+            response = await accept(request, trace.traceparent)
+            trace.respond(response.status)
+            return response
+
+    async def accept(request: web.Request, traceparent: str) -> web.Response:
         try:
             body = msgspec.json.decode(await request.read())
         except msgspec.DecodeError as exc:
@@ -80,7 +88,7 @@ def routes(pool: asyncpg.Pool, settings: Settings, relay: OutboxRelay) -> list[w
         first = start(order, parsed.payment_method, time.time(), settings.saga_timeout_s)
         new = store.NewOrder(
             order=order, idempotency_key=key, request_hash=request_hash(parsed), first=first,
-            created=outgoing(order, traceparent=request.headers.get(c.TRACEPARENT)),
+            created=outgoing(order, traceparent=traceparent),
         )  # fmt: skip
         async with pool.acquire() as conn:
             if await store.create_order(conn, new):
