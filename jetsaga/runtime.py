@@ -59,6 +59,9 @@ class Parts:
     consumers: list[tuple[ConsumerSpec, Handler]] = field(default_factory=list)
     routes: list[web.RouteDef] = field(default_factory=list)
     loops: list[Loop] = field(default_factory=list)
+    # Loops that serve HTTP requests (group commit of intake): they stop only once the
+    # HTTP server has stopped and finished its requests.
+    http_loops: list[Loop] = field(default_factory=list)
     on_ready: list[Callable[[web.Application], None]] = field(default_factory=list)
 
 
@@ -115,6 +118,13 @@ async def _watch_backlog(
             pass
 
 
+async def _close_http(runner: web.AppRunner, stop: asyncio.Event, closed: asyncio.Event) -> None:
+    """On stop: stop accepting, let requests in progress finish, then release HTTP loops."""
+    await stop.wait()
+    await runner.cleanup()
+    closed.set()
+
+
 async def serve(
     service: str,
     settings: Settings,
@@ -157,6 +167,7 @@ async def serve(
         )
         for spec, handler in parts.consumers
     ]
+    http_closed = asyncio.Event()
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(runtime.relay.run(stop))
@@ -166,9 +177,13 @@ async def serve(
                 group.create_task(consumer.run(stop))
             for background in parts.loops:
                 group.create_task(background(stop))
+            for background in parts.http_loops:
+                group.create_task(background(http_closed))
+            group.create_task(_close_http(runner, stop, http_closed))
     finally:
         log.info("draining")
-        await runner.cleanup()
+        if not http_closed.is_set():
+            await runner.cleanup()
         try:
             async with asyncio.timeout(5.0):
                 await runtime.relay.flush()

@@ -23,6 +23,7 @@ from jetsaga.config import Settings
 from jetsaga.http import error, json_response
 from jetsaga.outbox import OutboxRelay, outgoing
 from order_service import metrics, store
+from order_service.intake import IntakeWriter
 from order_service.openapi import document
 from order_service.saga import start
 from order_service.validation import FieldError, OrderRequest, validate
@@ -58,7 +59,9 @@ def _decode_cursor(cursor: str) -> tuple[datetime.datetime, str]:
     return datetime.datetime.fromisoformat(created), order_id
 
 
-def routes(pool: asyncpg.Pool, settings: Settings, relay: OutboxRelay) -> list[web.RouteDef]:
+def routes(
+    pool: asyncpg.Pool, settings: Settings, relay: OutboxRelay, intake: IntakeWriter
+) -> list[web.RouteDef]:
     async def create(request: web.Request) -> web.Response:
         # The intake's trace context is the order's: orders.created carries it.
         with tracing.intake("POST", "/orders", request.headers.get(c.TRACEPARENT)) as trace:
@@ -90,11 +93,11 @@ def routes(pool: asyncpg.Pool, settings: Settings, relay: OutboxRelay) -> list[w
             order=order, idempotency_key=key, request_hash=request_hash(parsed), first=first,
             created=outgoing(order, traceparent=traceparent),
         )  # fmt: skip
+        if await intake.create(new):
+            relay.wake()
+            metrics.ORDERS_RECEIVED.labels("created").inc()
+            return _accepted(order_id, "PENDING", "STARTED", 201)
         async with pool.acquire() as conn:
-            if await store.create_order(conn, new):
-                relay.wake()
-                metrics.ORDERS_RECEIVED.labels("created").inc()
-                return _accepted(order_id, "PENDING", "STARTED", 201)
             existing = await store.find_existing(conn, order_id, key)
         if existing is None:  # raced with nothing: cannot happen unless rows are deleted
             return error(500, "order neither created nor found")

@@ -10,19 +10,22 @@ from jetsaga.config import Settings
 from jetsaga.contracts import CONSUMERS_BY_DURABLE
 from order_service import api
 from order_service.handlers import Coordinator
+from order_service.intake import IntakeWriter
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 async def wire(rt: runtime.Runtime) -> runtime.Parts:
     coordinator = Coordinator(rt.pool, rt.settings, rt.relay)
+    intake = IntakeWriter(rt.pool)
     return runtime.Parts(
         consumers=[
             (CONSUMERS_BY_DURABLE[d], coordinator.handler(d))
             for d in ("order-service-inventory", "order-service-payment")
         ],
-        routes=api.routes(rt.pool, rt.settings, rt.relay),
+        routes=api.routes(rt.pool, rt.settings, rt.relay, intake),
         loops=[coordinator.sweep, coordinator.refresh_metrics],
+        http_loops=[intake.run],
     )
 
 

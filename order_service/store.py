@@ -49,41 +49,59 @@ class ExistingOrder(msgspec.Struct, frozen=True):
 
 
 _CREATE = """
-WITH o AS (
+WITH i AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[],
+                         $6::text[], $7::text[], $8::timestamptz[], $9::bytea[],
+                         $10::timestamptz[], $11::text[], $12::bytea[], $13::text[])
+        AS t(order_id, customer_id, items, total_amount, currency, idempotency_key,
+             request_hash, at, state, deadline, msg_id, payload, traceparent)
+), o AS (
     INSERT INTO orders (order_id, customer_id, items, total_amount, currency,
                         idempotency_key, request_hash, created_at, updated_at)
-    VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $8)
+    SELECT order_id, customer_id, items::jsonb, total_amount, currency, idempotency_key,
+           request_hash, at, at FROM i
     ON CONFLICT DO NOTHING
     RETURNING order_id
 ), s AS (
     INSERT INTO sagas (order_id, status, state, deadline, started_at, steps, updated_at)
-    SELECT order_id, 'STARTED', $9, $10, $8, 1, $8 FROM o
+    SELECT order_id, 'STARTED', state, deadline, at, 1, at FROM i JOIN o USING (order_id)
 ), h AS (
     INSERT INTO saga_history (order_id, seq, at, saga_status, event)
-    SELECT order_id, 1, $8, 'STARTED', 'orders.created' FROM o
+    SELECT order_id, 1, at, 'STARTED', 'orders.created' FROM i JOIN o USING (order_id)
 ), n AS (
-    INSERT INTO order_status_counts (status, slot, n) SELECT 'PENDING', $11, 1 FROM o
-    ON CONFLICT (status, slot) DO UPDATE SET n = order_status_counts.n + 1
+    INSERT INTO order_status_counts (status, slot, n)
+    SELECT 'PENDING', $14, count(*) FROM o HAVING count(*) > 0
+    ON CONFLICT (status, slot) DO UPDATE SET n = order_status_counts.n + excluded.n
 ), x AS (
     INSERT INTO outbox (subject, msg_id, payload, saga_id, traceparent)
-    SELECT $12, $13, $14, order_id, $15 FROM o
+    SELECT 'orders.created', msg_id, payload, order_id, traceparent FROM i JOIN o USING (order_id)
 )
-SELECT order_id FROM o
+SELECT coalesce(array_agg(order_id), '{}') FROM o
 """
 
 
-async def create_order(conn: asyncpg.Connection, new: NewOrder) -> bool:
-    """Order, saga, first history record, count and `orders.created`, in one statement
-    (one implicit transaction). False if the order id or idempotency key already exists."""
-    order, saga, out = new.order, new.first.saga, new.created
-    row = await conn.fetchval(
+async def create_orders(conn: asyncpg.Connection, group: Sequence[NewOrder]) -> set[str]:
+    """Orders, sagas, first history records, counts and `orders.created`, in one statement
+    (one implicit transaction). Returns the ids created; an order whose id or idempotency
+    key exists already is not. Ids and keys must be distinct within the group."""
+    created: list[str] = await conn.fetchval(
         _CREATE,
-        order.order_id, order.customer_id, msgspec.json.encode(order.items).decode(), order.total_amount,
-        order.currency, new.idempotency_key, new.request_hash, ts(saga.started_at),
-        _saga_encoder.encode(saga), ts(saga.deadline), random.randrange(COUNT_SLOTS),
-        out.subject, out.msg_id, out.payload, out.traceparent,
-    )  # fmt: skip
-    return row is not None
+        [n.order.order_id for n in group],
+        [n.order.customer_id for n in group],
+        [msgspec.json.encode(n.order.items).decode() for n in group],
+        [n.order.total_amount for n in group],
+        [n.order.currency for n in group],
+        [n.idempotency_key for n in group],
+        [n.request_hash for n in group],
+        [ts(n.first.saga.started_at) for n in group],
+        [_saga_encoder.encode(n.first.saga) for n in group],
+        [ts(n.first.saga.deadline) for n in group],
+        [n.created.msg_id for n in group],
+        [n.created.payload for n in group],
+        [n.created.traceparent for n in group],
+        random.randrange(COUNT_SLOTS),
+    )
+    return set(created)
 
 
 async def find_existing(

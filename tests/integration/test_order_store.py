@@ -1,0 +1,135 @@
+"""The order service's store and group-commit intake against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from jetsaga import config, contracts, db
+from jetsaga.outbox import outgoing
+from order_service import handlers, main, store
+from order_service.intake import IntakeWriter
+from order_service.saga import Context, SagaStatus, Timeout, start
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    url = config.with_database(database_url, f"o_{uuid.uuid4().hex[:12]}")
+    await db.ensure_database(url)
+    p = await db.create_pool(url, 8)
+    await db.migrate(p, [db.SHARED_MIGRATIONS, main.MIGRATIONS])
+    yield p
+    await p.close()
+
+
+def new_order(order_id: str | None = None, key: str | None = None, qty: int = 1) -> store.NewOrder:
+    order = contracts.OrderCreated(
+        order_id=order_id or str(uuid.uuid4()), customer_id="c",
+        items=(contracts.LineItem(product_id="p", quantity=qty, unit_price=500),),
+        total_amount=500 * qty, currency="usd",
+    )  # fmt: skip
+    first = start(order, "pm_card_visa", time.time(), 300.0)
+    return store.NewOrder(order=order, idempotency_key=key, request_hash=f"h{qty}",
+                          first=first, created=outgoing(order))  # fmt: skip
+
+
+async def test_a_group_writes_order_saga_history_count_and_outbox_together(
+    pool: asyncpg.Pool,
+) -> None:
+    group = [new_order() for _ in range(5)]
+    async with pool.acquire() as conn:
+        created = await store.create_orders(conn, group)
+        counts = await store.saga_stats(conn, 300)
+        outbox_rows = await conn.fetch("SELECT subject, msg_id, saga_id FROM outbox")
+        view = await store.get_order(conn, group[0].order.order_id)
+    assert created == {n.order.order_id for n in group}
+    assert counts.status_counts == {"PENDING": 5} and counts.in_flight == 5
+    assert sorted(r["saga_id"] for r in outbox_rows) == sorted(created)
+    assert {r["subject"] for r in outbox_rows} == {"orders.created"}
+    assert view is not None and view.saga_status == "STARTED" and len(view.history) == 1
+
+
+async def test_an_existing_id_or_key_is_not_created_again(pool: asyncpg.Pool) -> None:
+    first = new_order(key="k-1")
+    async with pool.acquire() as conn:
+        assert await store.create_orders(conn, [first]) == {first.order.order_id}
+        again = await store.create_orders(
+            conn, [new_order(first.order.order_id), new_order(key="k-1")]
+        )
+        existing = await store.find_existing(conn, str(uuid.uuid4()), "k-1")
+        outbox_count = await conn.fetchval("SELECT count(*) FROM outbox")
+    assert again == set()
+    assert existing is not None and existing.order_id == first.order.order_id
+    assert outbox_count == 1
+
+
+async def test_concurrent_requests_for_one_key_create_one_order(pool: asyncpg.Pool) -> None:
+    writer = IntakeWriter(pool, writers=3)
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    same = new_order(key="racing")
+    others = [new_order() for _ in range(50)]
+
+    results = await asyncio.gather(*(writer.create(n) for n in [same, same, same, *others]))
+
+    assert sorted(results[:3]) == [False, False, True]
+    assert all(results[3:])
+    assert await pool.fetchval("SELECT count(*) FROM orders") == 51
+    stop.set()
+    await task
+
+
+async def test_saved_transitions_append_history_and_end_the_order(pool: asyncpg.Pool) -> None:
+    order = new_order()
+    order_id = order.order.order_id
+    async with pool.acquire() as conn:
+        await store.create_orders(conn, [order])
+    reserved = contracts.InventoryReserved(order_id=order_id, reservation_id="r-1",
+                                           items=order.order.items, expires_at="x")  # fmt: skip
+    failed = contracts.PaymentFailed(order_id=order_id, reason="card_declined", timestamp="x")
+    released = contracts.InventoryReleased(order_id=order_id, reservation_id="r-1", reason="x")
+    ctx = Context(now=time.time(), payment_timeout_s=60)
+    for event in (reserved, failed, released):
+        async with pool.acquire() as conn, conn.transaction():
+            locked = await store.lock_sagas(conn, [order_id])
+            changes, _ = handlers.decide(locked, [(event, "m", None)], ctx)
+            await store.save(conn, changes, ctx.now)
+    async with pool.acquire() as conn:
+        view = await store.get_order(conn, order_id)
+        stats = await store.saga_stats(conn, 300)
+    assert view is not None and view.status == "CANCELLED" and view.saga_status == "COMPENSATED"
+    assert [h.saga_status for h in view.history] == [
+        "STARTED", "INVENTORY_RESERVED", "PAYMENT_PROCESSING", "COMPENSATING", "COMPENSATING",
+        "COMPENSATED",
+    ]  # fmt: skip
+    assert stats.status_counts == {"PENDING": 0, "CANCELLED": 1}
+    assert stats.compensations_recent == 1 and stats.compensated_recent == 1
+
+
+async def test_due_sagas_are_swept_once_even_by_two_sweepers(pool: asyncpg.Pool) -> None:
+    group = [new_order() for _ in range(20)]
+    async with pool.acquire() as conn:
+        await store.create_orders(conn, group)
+        await conn.execute("UPDATE sagas SET deadline = now() - interval '1 second'")
+
+    async def sweep() -> int:
+        later = time.time() + 301  # past every saga deadline
+        async with pool.acquire() as conn, conn.transaction():
+            locked = await store.lock_due_sagas(conn, later, 100)
+            events = [(Timeout(i), f"timeout:{i}", None) for i in locked]
+            changes, _ = handlers.decide(locked, events, Context(later, 60))
+            await store.save(conn, changes, later)
+            return len(changes)
+
+    assert sum(await asyncio.gather(sweep(), sweep())) == 20
+    async with pool.acquire() as conn:
+        statuses = {r["status"] for r in await conn.fetch("SELECT status FROM sagas")}
+        due = await store.lock_due_sagas(conn, time.time() + 301, 100)
+    assert statuses == {SagaStatus.COMPENSATING.value} and due == {}
