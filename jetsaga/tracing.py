@@ -151,13 +151,24 @@ def configure(service: str, environ: Mapping[str, str] | None = None) -> bool:
     if "otlp" in names:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        exporter = OTLPSpanExporter(endpoint=traces_endpoint(env))
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     if "console" in names:
         # For debugging: one JSON line per span in the worker's log, written as it ends.
         console = ConsoleSpanExporter(out=sys.stderr, formatter=_one_line)
         provider.add_span_processor(SimpleSpanProcessor(console))
     use(provider)
     return True
+
+
+def traces_endpoint(environ: Mapping[str, str]) -> str | None:
+    """Where OTLP/http sends spans, read from `environ` as the exporter would read it from
+    the process environment (None: its default, http://localhost:4318/v1/traces)."""
+    if endpoint := environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return endpoint
+    if endpoint := environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return endpoint.rstrip("/") + "/v1/traces"
+    return None
 
 
 def _one_line(span: ReadableSpan) -> str:

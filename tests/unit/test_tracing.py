@@ -3,12 +3,15 @@ environment. Spans are read back from the SDK's in-memory exporter."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import json
 from collections.abc import Iterator
 
 import pytest
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -16,6 +19,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from jetsaga import tracing
 from jetsaga.config import ConfigError
+from jetsaga.devstack.procs import free_port
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"
@@ -247,3 +251,56 @@ def test_console_exporter_writes_one_json_line_per_span_named_after_the_service(
     assert exported["context"]["trace_id"] == f"0x{TRACE}"
     assert exported["parent_id"] == f"0x{PARENT}"
     assert exported["resource"]["attributes"]["service.name"] == "payment-service"
+
+
+@pytest.mark.parametrize(
+    ("environ", "endpoint"),
+    [
+        ({}, None),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318/"},
+            "http://127.0.0.1:4318/v1/traces",
+        ),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:9999/traces",
+            },
+            "http://127.0.0.1:9999/traces",
+        ),
+    ],
+)
+def test_the_otlp_endpoint_follows_the_otel_variables(
+    environ: dict[str, str], endpoint: str | None
+) -> None:
+    assert tracing.traces_endpoint(environ) == endpoint
+
+
+async def test_otlp_exports_the_spans_to_the_configured_endpoint_on_shutdown() -> None:
+    received: list[bytes] = []
+
+    async def collect(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(content_type="application/x-protobuf", body=b"")
+
+    app = web.Application()
+    app.add_routes([web.post("/v1/traces", collect)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        assert tracing.configure("order-service", {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+        with tracing.intake("POST", "/orders", INCOMING):
+            pass
+        await asyncio.to_thread(tracing.shutdown)  # flushes the batch, off the event loop
+    finally:
+        await runner.cleanup()
+    (body,) = received
+    request = ExportTraceServiceRequest.FromString(body)
+    (resource_spans,) = request.resource_spans
+    attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+    assert attributes["service.name"] == "order-service"
+    (span,) = [s for scope in resource_spans.scope_spans for s in scope.spans]
+    assert span.name == "POST /orders" and span.trace_id.hex() == TRACE
