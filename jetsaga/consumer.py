@@ -142,6 +142,8 @@ class Consumer:
             await self.process(msgs)
 
     async def process(self, msgs: Sequence[Msg]) -> None:
+        if not msgs:  # nats-py's fetch can return none: not a batch, so not a duration
+            return
         started = time.perf_counter()
         decoded: list[tuple[Msg, Delivery]] = []
         for msg in msgs:
