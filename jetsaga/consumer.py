@@ -150,6 +150,10 @@ class Consumer:
             try:
                 decoded.append((msg, self._decode(msg)))
             except PermanentError as exc:
+                log.error(
+                    "message failed for good",
+                    extra={**self._raw_fields(msg, "dead_lettered"), "error": str(exc)},
+                )
                 await self._give_up(msg, str(exc))
         if decoded:
             await self._apply(decoded)
@@ -242,37 +246,49 @@ class Consumer:
                 except nats.errors.Error:
                     pass  # reconnecting; the ack timer decides
 
+    def _fields(self, delivery: Delivery, outcome: str) -> dict[str, object]:
+        """What every log line about one delivery carries."""
+        return {
+            "orderId": delivery.message.order_id,
+            "subject": delivery.subject,
+            "durable": self.spec.durable,
+            "deliveries": delivery.num_delivered,
+            "outcome": outcome,
+            "traceId": tracing.trace_id(delivery.traceparent),
+        }
+
+    def _raw_fields(self, msg: Msg, outcome: str) -> dict[str, object]:
+        """The same, for a message that could not be decoded."""
+        headers = msg.headers or {}
+        return {
+            "orderId": headers.get(contracts.SAGA_ID, ""),
+            "subject": msg.subject,
+            "durable": self.spec.durable,
+            "deliveries": msg.metadata.num_delivered,
+            "outcome": outcome,
+            "traceId": tracing.trace_id(headers.get(contracts.TRACEPARENT)),
+        }
+
     async def _ack(self, batch: Sequence[tuple[Msg, Delivery]]) -> None:
+        # Routine successes log at debug; the check is made once per batch, so that the
+        # per-message line costs nothing when debug is off.
+        debug = log.isEnabledFor(logging.DEBUG)
         for msg, delivery in batch:
             try:
                 await msg.ack()
             except nats.errors.Error:
                 # The effect is committed; a redelivery will be dropped by the inbox.
-                log.warning("ack failed", extra={"orderId": delivery.message.order_id})
+                log.warning("ack failed", extra=self._fields(delivery, "acked"))
             tracing.finish(delivery.span, "acked")
-            log.debug(
-                "handled",
-                extra={
-                    "orderId": delivery.message.order_id,
-                    "subject": delivery.subject,
-                    "durable": self.spec.durable,
-                    "deliveries": delivery.num_delivered,
-                    "outcome": "acked",
-                },
-            )
+            if debug:
+                log.debug("handled", extra=self._fields(delivery, "acked"))
 
     async def _fail(self, msg: Msg, delivery: Delivery, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}"
-        extra = {
-            "orderId": delivery.message.order_id,
-            "subject": delivery.subject,
-            "durable": self.spec.durable,
-            "deliveries": delivery.num_delivered,
-        }
         if isinstance(exc, PermanentError) or delivery.num_delivered >= MAX_DELIVER:
             log.error(
                 "message failed for good",
-                extra={**extra, "outcome": "dead_lettered", "error": error},
+                extra={**self._fields(delivery, "dead_lettered"), "error": error},
             )
             tracing.finish(delivery.span, "dead_lettered", error)
             await self._give_up(msg, error)
@@ -281,7 +297,7 @@ class Consumer:
         log.warning(
             "message failed, will be redelivered",
             exc_info=exc,
-            extra={**extra, "outcome": "nacked", "delaySeconds": delay},
+            extra={**self._fields(delivery, "nacked"), "delaySeconds": delay},
         )
         MESSAGES_PROCESSED.labels(self.spec.durable, "nacked").inc()
         tracing.finish(delivery.span, "nacked", error)
@@ -292,7 +308,7 @@ class Consumer:
             await self._dead_letter(self.spec.durable, msg, error)
         except Exception:
             # Not recorded, so not terminated: it will come back and be tried again.
-            log.exception("dead letter not written", extra={"durable": self.spec.durable})
+            log.exception("dead letter not written", extra=self._raw_fields(msg, "nacked"))
             await msg.nak(delay=5.0)
             return
         MESSAGES_PROCESSED.labels(self.spec.durable, "dead_lettered").inc()
