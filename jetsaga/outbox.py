@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 
 from jetsaga import contracts
 from jetsaga.metrics import OUTBOX_LAG
+from jetsaga.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,10 @@ def headers_of(row: Any) -> dict[str, str]:
 class OutboxRelay:
     def __init__(self, pool: asyncpg.Pool, js: JetStreamContext) -> None:
         self._pool = pool
-        self._js = js
+        # nats-py has no public getter for a context's client or timeout; the relay publishes
+        # through a Publisher on the same client, with the context's timeout for each batch.
+        self._publisher = Publisher(js._nc)
+        self._timeout: float = js._timeout
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -129,8 +133,8 @@ class OutboxRelay:
                 OUTBOX_LAG.set(0)
                 return 0
             OUTBOX_LAG.set(max(0.0, time.time() - float(rows[0]["created"])))
-            await asyncio.gather(
-                *(self._js.publish(r["subject"], r["payload"], headers=headers_of(r)) for r in rows)
+            await self._publisher.publish_batch(
+                [(r["subject"], r["payload"], headers_of(r)) for r in rows], self._timeout
             )
             await conn.execute(
                 "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
