@@ -30,7 +30,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from jetsaga import contracts, tracing
+from jetsaga import contracts, db, tracing
 from jetsaga.contracts import MAX_DELIVER, ConsumerSpec
 from jetsaga.metrics import HANDLER_DURATION, MESSAGES_DEAD_LETTERED, MESSAGES_PROCESSED
 
@@ -51,13 +51,8 @@ class _Abandoned(Exception):
 
 _TRANSIENT = (
     TransientError,
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.OperatorInterventionError,
+    *db.UNAVAILABLE,
     asyncpg.TransactionRollbackError,  # deadlock, serialization failure
-    asyncpg.InsufficientResourcesError,
-    asyncpg.InterfaceError,
     nats.errors.Error,
 )
 

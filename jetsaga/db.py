@@ -35,6 +35,18 @@ async def ensure_database(url: str) -> None:
         await conn.close()
 
 
+# The database is away (restarting, unreachable, out of connections), as opposed to a
+# statement that is wrong: callers wait and retry, or answer 503.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.InterfaceError,
+)
+
+
 async def _no_reset(_: asyncpg.Connection) -> None:
     return None
 
@@ -45,6 +57,7 @@ async def create_pool(url: str, size: int) -> asyncpg.Pool:
         min_size=min(2, size),
         max_size=size,
         command_timeout=30,
+        timeout=5,  # to connect: a request during an outage fails fast with 503
         # Statements are prepared once per connection and reused on the hot path.
         statement_cache_size=256,
         max_inactive_connection_lifetime=300,

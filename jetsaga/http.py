@@ -7,6 +7,7 @@ from typing import Any
 import asyncpg
 import msgspec
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -28,6 +29,19 @@ def error(status: int, message: str, **details: Any) -> web.Response:
     return json_response({"error": message, **details}, status=status)
 
 
+@web.middleware
+async def unavailable_as_503(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request that needs the database while it is away gets 503 and a hint to retry,
+    not a 500. (An order whose commit was cut off may exist: retry with the same
+    Idempotency-Key or orderId, which makes the retry safe.)"""
+    try:
+        return await handler(request)
+    except db.UNAVAILABLE:
+        response = error(503, "database unavailable, retry shortly")
+        response.headers["Retry-After"] = "1"
+        return response
+
+
 def base_app(nc: NATS, pool: asyncpg.Pool) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return json_response({"status": "ok"})
@@ -42,7 +56,7 @@ def base_app(nc: NATS, pool: asyncpg.Pool) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[unavailable_as_503])
     app.add_routes(
         [
             web.get("/healthz", healthz),

@@ -107,6 +107,8 @@ async def test_workers_ride_out_a_postgres_restart(
 
     postgres.kill()
     await wait_until(lambda: _is(ready(http, system.order_url), 503), message="not ready")
+    status, payload, headers = await api.post_order(order_body("sku-p"))
+    assert (status, headers.get("Retry-After")) == (503, "1"), payload
     postgres.start()
     await wait_until(lambda: _is(ready(http, system.order_url), 200), timeout=20,
                      message="ready again")  # fmt: skip
