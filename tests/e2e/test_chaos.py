@@ -128,6 +128,7 @@ async def test_no_order_is_lost_charged_twice_or_left_holding_stock_under_chaos(
             )  # fmt: skip
             problems += invariants.violations(world, catalog.stock, created)
             figures["outcomes"] = _outcomes(world)
+            figures["money"] = invariants.money_figures(world)
             figures["lost"] = len(created) - sum(
                 1 for v in world.orders.values() if v["status"] in FINAL
             )
@@ -227,6 +228,7 @@ def _summary(figures: dict[str, object], sent: SendLog, tally: Tally, problems: 
         f"  kills (kill -9): {dict(tally.kills)}; restarts: {dict(tally.restarts)}",
         f"  poison published: {len(tally.poison)}; messages redelivered twice: {tally.redelivered}",
         f"  final: {figures.get('outcomes', '?')}; lost {figures.get('lost', '?')}",
+        f"  money: {figures.get('money', '?')}",
         f"  invariant violations: {len(problems)}",
         f"  dead letters: {figures.get('dead_letters', '?')}; jetsaga dlq list: "
         f"{figures.get('dlq_list', '?')}",

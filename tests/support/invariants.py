@@ -103,14 +103,15 @@ async def read_world(
     stripe_base: str,
     stripe_key: str,
 ) -> World:
-    ids = sorted(set(order_ids))
-    views, payments = await asyncio.gather(
-        gather_bounded(api.order(i) for i in ids), gather_bounded(api.payment(i) for i in ids)
+    ids, names = sorted(set(order_ids)), sorted(set(products))
+    # localstripe lists slowly (each intent's export scans its store): overlap the reads.
+    views, payments, levels, intents = await asyncio.gather(
+        gather_bounded(api.order(i) for i in ids),
+        gather_bounded(api.payment(i) for i in ids),
+        gather_bounded(api.stock(p) for p in names),
+        stripe_intents(api.http, stripe_base, stripe_key),
     )
-    names = sorted(set(products))
-    levels = await gather_bounded(api.stock(p) for p in names)
     held, rows = await reservations(database_url)
-    intents = await stripe_intents(api.http, stripe_base, stripe_key)
     return World(
         orders={i: v for i, v in zip(ids, views, strict=True) if v is not None},
         payments=dict(zip(ids, payments, strict=True)),
@@ -269,6 +270,21 @@ def _order(order_id: str, view: dict[str, Any], world: World) -> list[str]:
     if status == "FAILED" and view["reason"] == "out_of_stock" and charged:
         found.append(f"FAILED {order_id}: out of stock, yet charged")
     return found
+
+
+def money_figures(world: World) -> str:
+    """What the gateway saw: payments by final status, and the charges given back."""
+    statuses = Counter(p["status"] for p in world.payments.values() if p is not None)
+    refunded = sum(
+        1
+        for order_id, view in world.orders.items()
+        if view["status"] != "CONFIRMED" and _succeeded(world.intents.get(order_id, []))
+    )
+    intents = Counter(i["status"] for group in world.intents.values() for i in group)
+    return (
+        f"payments {dict(sorted(statuses.items()))}; unconfirmed orders charged then refunded "
+        f"{refunded}; Stripe intents {dict(sorted(intents.items()))}"
+    )
 
 
 # --- dead letters -----------------------------------------------------------------------
