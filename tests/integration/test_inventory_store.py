@@ -344,7 +344,8 @@ async def test_stock_is_conserved_through_concurrent_reserve_release_confirm_and
         for m in await emitted(pool)
         if isinstance(m, InventoryReserved) and m.order_id in late_ids
     ]
-    assert 10 < len(reserved) < 80
+    # How many late orders win stock depends on how the four batches interleave.
+    assert reserved, "no late order got stock: nothing left to release or confirm"
     rng.shuffle(reserved)
     half = len(reserved) // 2
     to_release, to_confirm = reserved[:half], reserved[half:]
