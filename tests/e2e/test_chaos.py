@@ -107,9 +107,12 @@ async def test_no_order_is_lost_charged_twice_or_left_holding_stock_under_chaos(
             )  # fmt: skip
             start = asyncio.get_running_loop().time()
             sending = asyncio.create_task(sender.run(RATE, int(RATE * DURATION_S)))
-            lanes = schedule(system, nats, pg, gateway, rng, tally)
-            await asyncio.gather(*(lane.run(start) for lane in lanes))
-            sent = await sending
+            try:
+                lanes = schedule(system, nats, pg, gateway, rng, tally)
+                await asyncio.gather(*(lane.run(start) for lane in lanes))
+                sent = await sending
+            finally:
+                sending.cancel()  # a no-op once it is done; no POST outlives the test
             problems += [f"chaos step failed: {f}" for f in tally.failures]
             lap("chaos")
 

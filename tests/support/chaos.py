@@ -119,6 +119,16 @@ class OpenLoopSender:
         self.log = SendLog()
 
     async def run(self, rate: float, count: int) -> SendLog:
+        try:
+            await self._send_all(rate, count)
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))
+        finally:
+            for task in list(self._tasks):  # only when cancelled: no POST outlives the run
+                task.cancel()
+        return self.log
+
+    async def _send_all(self, rate: float, count: int) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()
         for i in range(count):
@@ -128,17 +138,14 @@ class OpenLoopSender:
                 await asyncio.sleep(delay)  # pacing the arrivals: time is what is under test
             self.log.max_lag_s = max(self.log.max_lag_s, -delay)
             planned = self._plan(i)
+            self.log.sent += 1
             if len(self._tasks) >= self._max_in_flight:
                 self.log.unsent["client cap"] += 1
                 continue
             task = asyncio.create_task(self._post(self._urls[i % len(self._urls)], planned))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        self.log.sent = count
         self.log.elapsed_s = loop.time() - start
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
-        return self.log
 
     async def _post(self, url: str, planned: Planned) -> None:
         try:
@@ -148,7 +155,7 @@ class OpenLoopSender:
                 await resp.read()
                 status = resp.status
         except aiohttp.ClientConnectorError:
-            self.log.unsent["connection refused"] += 1
+            self.log.unsent["no connection"] += 1
             return
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._maybe(planned, type(exc).__name__)
