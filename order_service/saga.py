@@ -49,6 +49,7 @@ class Saga(msgspec.Struct, frozen=True, kw_only=True):
     started_at: float  # epoch seconds
     saga_deadline: float
     payment_deadline: float | None = None
+    retry_at: float | None = None  # while COMPENSATING: when to re-send the pending step
     reservation_id: str | None = None
     payment_id: str | None = None
     reason: str | None = None
@@ -60,8 +61,10 @@ class Saga(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def deadline(self) -> float | None:
         """When the saga must next be woken by the timeout sweep, if ever."""
-        if self.status in TERMINAL or self.status is SagaStatus.COMPENSATING:
+        if self.status in TERMINAL:
             return None
+        if self.status is SagaStatus.COMPENSATING:
+            return self.retry_at
         if self.payment_deadline is None:
             return self.saga_deadline
         return min(self.saga_deadline, self.payment_deadline)
@@ -76,6 +79,9 @@ class Timeout(msgspec.Struct, frozen=True):
 class Context(msgspec.Struct, frozen=True):
     now: float
     payment_timeout_s: float
+    # How long a compensation step may go unanswered before its command is sent again.
+    # Longer than JetStream's 2-minute duplicate window, so that the re-send is stored.
+    compensation_retry_s: float = 150.0
 
 
 class Step(msgspec.Struct, frozen=True):
@@ -160,6 +166,18 @@ def transition(saga: Saga, event: Event, ctx: Context) -> Decision:
             which = "saga timeout" if ctx.now >= saga.saga_deadline else "payment timeout"
             # The charge may have happened: compensation refunds whatever was charged.
             return _compensate(saga, ctx, name, "timeout", charged=True, detail=which)
+        case Timeout() if (
+            s is SagaStatus.COMPENSATING and saga.retry_at is not None and ctx.now >= saga.retry_at
+        ):
+            return _resend_compensation(saga, ctx, name)
+        case c.InventoryReleased() if s is SagaStatus.COMPLETED:
+            # The reservation of a confirmed order expired: its orders.confirmed never
+            # reached inventory (lost with a crashed broker). Confirm it again.
+            again = c.OrderConfirmed(
+                order_id=saga.order_id, payment_id=saga.payment_id or "", timestamp=iso(ctx.now)
+            )
+            step = Step(ctx.now, s, name, f"{event.reason}: confirmation sent again")
+            return Decision(saga, (again,), (step,))
         case c.InventoryReleased() if s is SagaStatus.PAYMENT_PROCESSING:
             # The reservation expired under a payment still in flight.
             expired = msgspec.structs.replace(saga, released=True, release_requested=True)
@@ -227,11 +245,28 @@ def _late_payment(saga: Saga, event: c.PaymentSucceeded, ctx: Context, name: str
     return Decision(marked, (refund,), (Step(ctx.now, saga.status, name, "late payment refunded"),))
 
 
+def _resend_compensation(saga: Saga, ctx: Context, name: str) -> Decision:
+    """The pending compensation step went unanswered: send its command again (the command
+    or its answer was lost; every handler answers a repeated command from its state)."""
+    if not saga.refunded:
+        pending = msgspec.structs.replace(saga, refund_requested=False)
+    else:
+        pending = msgspec.structs.replace(saga, release_requested=False)
+    nxt = _next_compensation(pending, ctx)
+    again = msgspec.structs.replace(nxt.saga, retry_at=ctx.now + ctx.compensation_retry_s)
+    sent = ", ".join(c.subject_of(m) for m in nxt.emit) or "nothing"
+    return Decision(again, nxt.emit, (Step(ctx.now, saga.status, name, f"re-sent {sent}"),))
+
+
 def _compensate(
     saga: Saga, ctx: Context, name: str, reason: str, *, charged: bool, detail: str | None = None
 ) -> Decision:
     compensating = msgspec.structs.replace(
-        saga, status=SagaStatus.COMPENSATING, reason=reason, refunded=saga.refunded or not charged
+        saga,
+        status=SagaStatus.COMPENSATING,
+        reason=reason,
+        refunded=saga.refunded or not charged,
+        retry_at=ctx.now + ctx.compensation_retry_s,
     )
     nxt = _next_compensation(compensating, ctx)
     step = Step(ctx.now, SagaStatus.COMPENSATING, name, detail or reason)
@@ -241,7 +276,8 @@ def _compensate(
 def _compensation_reply(saga: Saga, ctx: Context, name: str, detail: str | None) -> Decision:
     nxt = _next_compensation(saga, ctx)
     step = Step(ctx.now, SagaStatus.COMPENSATING, name, detail)
-    return Decision(nxt.saga, nxt.emit, (step, *nxt.history))
+    moved = msgspec.structs.replace(nxt.saga, retry_at=ctx.now + ctx.compensation_retry_s)
+    return Decision(moved, nxt.emit, (step, *nxt.history))
 
 
 def _next_compensation(saga: Saga, ctx: Context) -> Decision:

@@ -127,6 +127,8 @@ TRANSITIONS: dict[tuple[str, str], tuple[SagaStatus, tuple[str, ...]]] = {
         (REFUND,),
     ),
     ("compensated_after_decline", "payments.succeeded"): (S.COMPENSATED, (REFUND,)),
+    # A confirmed order's reservation expired: its confirmation never reached inventory.
+    ("completed", "inventory.released"): (S.COMPLETED, (CONFIRMED,)),
 }
 
 MATRIX = list(itertools.product(STATES, events()))
@@ -153,7 +155,7 @@ def test_each_status_and_event_pair_transitions_as_tabled_or_changes_nothing(
     status, emitted = expected
     assert decision.saga.status is status
     assert tuple(subjects(decision)) == emitted
-    assert decision.saga != before
+    assert decision.changed
     assert decision.history, "every change is recorded in the history"
     assert decision.history[-1].saga_status is status
     assert all(step.at == now for step in decision.history)
@@ -251,7 +253,7 @@ def test_declined_payment_releases_stock_and_refunds_nothing() -> None:
         True,
     )
     assert not end.refund_requested
-    assert end.deadline is None
+    assert end.deadline == end.retry_at == T0 + 5.0 + 150.0  # re-sent if unanswered
 
 
 @pytest.mark.parametrize("reason", ["card_declined", "insufficient_funds"])
@@ -298,7 +300,7 @@ def test_timed_out_payment_is_refunded_before_stock_is_released(now: float, whic
 def test_timed_out_payment_releases_nothing_until_the_refund_is_confirmed() -> None:
     compensating, _ = run(PAYING, (timeout(), AFTER_PAYMENT_DEADLINE))
     waiting: list[Event | tuple[Event, float]] = [
-        (timeout(), AFTER_SAGA_DEADLINE),
+        (timeout(), AFTER_PAYMENT_DEADLINE + 60),  # before the compensation's retry time
         failed(),
         succeeded(),
         reserved(),
@@ -481,7 +483,7 @@ def test_second_charge_on_a_completed_order_is_refunded_and_the_order_keeps_its_
 def test_ended_saga_ignores_everything_but_a_late_payment(state: str) -> None:
     before = STATES[state]
     for name, (event, now) in events().items():
-        if name == "payments.succeeded":
+        if name == "payments.succeeded" or (state, name) == ("completed", "inventory.released"):
             continue
         assert_inert(before, transition(before, event, ctx(now)))
 
@@ -630,9 +632,22 @@ def violations(sequence: list[tuple[str, float]]) -> list[str]:
             isinstance(m, c.ProcessPayment) for m in emitted
         ):
             charges.add(event.payment_id)
-        emitted.extend(d.emit)
+        resending = (isinstance(event, Timeout) and s.status is S.COMPENSATING) or (
+            isinstance(event, c.InventoryReleased) and s.status is S.COMPLETED
+        )
+        if resending:  # a message sent again must be one sent before (same Nats-Msg-Id)
+            for m in d.emit:
+                before = [x for x in emitted if type(x) is type(m)]
+                same = isinstance(m, c.OrderConfirmed) and any(
+                    isinstance(x, c.OrderConfirmed) and x.payment_id == m.payment_id
+                    for x in before
+                )
+                if m not in before and not same:
+                    found.append(f"{label}: re-sent {c.subject_of(m)} never sent before")
+        else:
+            emitted.extend(d.emit)
         s = d.saga
-        waiting = s.status not in TERMINAL and s.status is not S.COMPENSATING
+        waiting = s.status not in TERMINAL
         if (s.deadline is not None) != waiting:
             found.append(f"{label}: wrong deadline in {s.status}")
 
@@ -699,3 +714,46 @@ def test_random_sequences_reach_every_final_status() -> None:
             s = transition(s, POOL[label], ctx(now)).saga
         seen.add(s.status)
     assert {S.COMPLETED, S.FAILED, S.COMPENSATED, S.COMPENSATING} <= seen
+
+
+# --- lost messages: compensation re-sent, confirmation re-sent ----------------------------
+
+
+def test_unanswered_refund_is_sent_again_after_the_retry_time() -> None:
+    compensating, _ = run(PAYING, (timeout(), AFTER_PAYMENT_DEADLINE))
+    retry_at = compensating.retry_at
+    assert retry_at == AFTER_PAYMENT_DEADLINE + 150.0
+
+    early = transition(compensating, timeout(), ctx(retry_at - 1))
+    again = transition(compensating, timeout(), ctx(retry_at))
+
+    assert_inert(compensating, early)
+    assert only(again, c.RefundPayment) == c.RefundPayment(
+        order_id=ORDER_ID, payment_id=None, reason="timeout"
+    )
+    assert again.saga.status is S.COMPENSATING and again.saga.retry_at == retry_at + 150.0
+    assert "re-sent payments.refund_request" in (again.history[0].detail or "")
+
+
+def test_unanswered_release_is_sent_again_and_the_answer_still_completes() -> None:
+    compensating, _ = run(PAYING, failed("card_declined"))
+    again = transition(compensating, timeout(), ctx(compensating.retry_at or 0))
+    assert subjects(again) == [RELEASE]
+    done = transition(again.saga, released("card_declined"), ctx(T0 + 400))
+    assert done.saga.status is S.COMPENSATED and subjects(done) == [CANCELLED]
+    assert done.saga.deadline is None
+
+
+def test_refund_answered_moves_the_retry_time_to_the_next_step() -> None:
+    compensating, _ = run(PAYING, (timeout(), AFTER_PAYMENT_DEADLINE))
+    answered = transition(compensating, refunded(None, None), ctx(AFTER_PAYMENT_DEADLINE + 10))
+    assert subjects(answered) == [RELEASE]
+    assert answered.saga.retry_at == AFTER_PAYMENT_DEADLINE + 10 + 150.0
+
+
+def test_released_reservation_of_a_confirmed_order_sends_the_confirmation_again() -> None:
+    done, _ = run(PAYING, succeeded())
+    again = transition(done, released("expired"), ctx(T0 + 900))
+    confirmed = only(again, c.OrderConfirmed)
+    assert (confirmed.order_id, confirmed.payment_id) == (ORDER_ID, done.payment_id)
+    assert again.saga is done and again.history[0].saga_status is S.COMPLETED
