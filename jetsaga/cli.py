@@ -8,6 +8,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from jetsaga import config
+
 # subcommand -> module whose `run(args) -> int` carries it out
 _COMMANDS = {
     "up": "jetsaga.devstack.up",
@@ -63,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module = importlib.import_module(_COMMANDS[args.command])
-    code: int = module.run(args)
+    try:
+        code: int = module.run(args)
+    except config.ConfigError as exc:  # a bad environment variable, named in the message
+        print(f"jetsaga {args.command}: {exc}", file=sys.stderr)
+        return 2
     return code
 
 

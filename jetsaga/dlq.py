@@ -107,9 +107,4 @@ async def command(args: argparse.Namespace, settings: config.Settings, out: Out 
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        settings = config.load()
-    except config.ConfigError as exc:
-        print(f"jetsaga dlq: {exc}")
-        return 2
-    return asyncio.run(command(args, settings))
+    return asyncio.run(command(args, config.load()))

@@ -142,10 +142,5 @@ async def apply(
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        settings = config.load()
-    except config.ConfigError as exc:
-        print(f"jetsaga setup: {exc}")
-        return 2
-    asyncio.run(apply(settings, args.replicas))
+    asyncio.run(apply(config.load(), args.replicas))
     return 0

@@ -11,11 +11,7 @@ from jetsaga import config, logs
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        settings = config.load()
-    except config.ConfigError as exc:
-        print(f"jetsaga worker: {exc}")
-        return 2
+    settings = config.load()
     logs.configure(f"{args.service}-service", settings.log_level, settings.log_format)
     module = importlib.import_module(f"{args.service}_service.main")
     uvloop.run(module.main(settings))

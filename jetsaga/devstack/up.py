@@ -35,11 +35,7 @@ BACKOFF_FIRST_S, BACKOFF_MAX_S, STABLE_AFTER_S = 0.5, 10.0, 30.0
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        settings = config.load()
-    except config.ConfigError as exc:
-        print(f"jetsaga up: {exc}", file=sys.stderr)
-        return 2
+    settings = config.load()
     logs.configure("up", settings.log_level, settings.log_format)
     return uvloop.run(_up(Path(args.data_dir).absolute(), seed=not args.no_seed))
 
