@@ -144,7 +144,14 @@ async def _unwind(gw: PaymentGateway, row: Payment) -> Outcome:
             intent = await gw.retrieve_intent(row.intent_id)  # it just charged, most likely
     if intent.status == SUCCEEDED:
         refund_id = await gw.refund(row.order_id, row.intent_id)
-        return Outcome(status=rules.REFUNDED, payment_id=intent.id, refund_id=refund_id)
+        # The charge was never answered succeeded, and never will be: its process request is
+        # told `cancelled`, and the reason on the row keeps that answer (rules.unwound).
+        return Outcome(
+            status=rules.REFUNDED,
+            payment_id=intent.id,
+            refund_id=refund_id,
+            failure_reason=rules.CANCELLED_REASON,
+        )
     if intent.status == CANCELED:
         return Outcome(status=rules.VOIDED)
     raise Undecided(f"payment intent {intent.status} could not be cancelled yet")

@@ -4,6 +4,11 @@ service answers. No I/O, no clock: timestamps come from the row.
 A `ProcessPayment` charges an order at most once. A `RefundPayment` undoes whatever was
 charged, and when it arrives first it voids the order, so that a late `ProcessPayment` never
 charges (the saga already compensated) and answers `payments.failed` with reason `cancelled`.
+
+The answer is a function of the row alone, so a command applied before is answered again
+exactly as the first time. A `refunded` row answers a `ProcessPayment` as succeeded if it was
+charged and answered so before its refund; a refund that overtook the charge's answer
+leaves the reason `cancelled` on the row, which is what that command was told.
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ def reply(command: Command, row: Payment) -> AnyMessage | None:
     """The answer to a command given the row's settled state; None while undecided."""
     at = row.updated_at.isoformat()
     if isinstance(command, ProcessPayment):
-        if row.status == CHARGED:
+        if answered_charged(row):
             assert row.payment_id and row.intent_id and row.amount is not None
             return PaymentSucceeded(
                 order_id=row.order_id,
@@ -96,6 +101,19 @@ def reply(command: Command, row: Payment) -> AnyMessage | None:
     if row.status in (VOIDED, FAILED):
         return PaymentRefunded(order_id=row.order_id)
     return None
+
+
+def answered_charged(row: Payment) -> bool:
+    """Whether the order's `ProcessPayment` was answered succeeded: the row is charged, or was
+    before its refund. A refund that overtook the charge's answer (`unwind`) left the reason
+    `cancelled`: that command was told the charge failed."""
+    if row.status == CHARGED:
+        return True
+    return (
+        row.status == REFUNDED
+        and row.payment_id is not None
+        and row.failure_reason != CANCELLED_REASON
+    )
 
 
 def charge_result(intent: Intent) -> tuple[str, str | None] | None:

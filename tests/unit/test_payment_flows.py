@@ -154,6 +154,7 @@ async def test_unwind_refunds_an_intent_that_charged() -> None:
     await flows.advance(gw, w)
     assert w.outcome is not None and w.outcome.status == "refunded"
     assert w.outcome.payment_id == made.id and w.outcome.refund_id
+    assert w.outcome.failure_reason == "cancelled"  # what its process request is told
     assert gw.charged("o-1") == 0
 
 

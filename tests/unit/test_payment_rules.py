@@ -93,11 +93,68 @@ def test_process_answer_when_declined_keeps_reason_and_time() -> None:
     )
 
 
-@pytest.mark.parametrize("status", ["voided", "refunded"])
-def test_process_answer_after_compensation_is_cancelled(status: str) -> None:
-    answer = rules.reply(PROCESS, row(status))
+# A refund that overtook the charge's answer (flows._unwind) leaves the reason `cancelled`.
+UNWOUND = row("refunded", "pi_1", payment_id="pi_1", refund_id="re_1", failure_reason="cancelled")
+REFUNDED_AFTER_CHARGE = row("refunded", "pi_1", payment_id="pi_1", refund_id="re_1")
+
+
+@pytest.mark.parametrize("payment", [row("voided"), UNWOUND], ids=["voided", "unwound"])
+def test_process_answer_after_compensation_is_cancelled(payment: Payment) -> None:
+    answer = rules.reply(PROCESS, payment)
     assert isinstance(answer, PaymentFailed)
     assert answer.reason == "cancelled"
+
+
+def test_process_answer_after_the_charge_was_refunded_is_still_succeeded() -> None:
+    assert rules.reply(PROCESS, REFUNDED_AFTER_CHARGE) == rules.reply(PROCESS, CHARGED)
+
+
+@pytest.mark.parametrize(
+    "command, payment, expected",
+    [
+        (PROCESS, CHARGED, PaymentSucceeded(
+            order_id="o-1", payment_id="pi_1", amount=1999, stripe_payment_intent_id="pi_1")),
+        (PROCESS, REFUNDED_AFTER_CHARGE, PaymentSucceeded(
+            order_id="o-1", payment_id="pi_1", amount=1999, stripe_payment_intent_id="pi_1")),
+        (PROCESS, row("failed", "pi_1", failure_reason="expired_card"),
+         PaymentFailed(order_id="o-1", reason="expired_card", timestamp=AT.isoformat())),
+        (PROCESS, row("voided"),
+         PaymentFailed(order_id="o-1", reason="cancelled", timestamp=AT.isoformat())),
+        (PROCESS, UNWOUND,
+         PaymentFailed(order_id="o-1", reason="cancelled", timestamp=AT.isoformat())),
+        (PROCESS, row("processing", "pi_1"), None),
+        (REFUND, REFUNDED_AFTER_CHARGE,
+         PaymentRefunded(order_id="o-1", payment_id="pi_1", refund_id="re_1")),
+        (REFUND, UNWOUND, PaymentRefunded(order_id="o-1", payment_id="pi_1", refund_id="re_1")),
+        (REFUND, row("voided"), PaymentRefunded(order_id="o-1", payment_id=None, refund_id=None)),
+        (REFUND, row("failed", "pi_1", failure_reason="card_declined"),
+         PaymentRefunded(order_id="o-1", payment_id=None, refund_id=None)),
+        (REFUND, row("processing", "pi_1"), None),
+    ],
+    ids=lambda v: v.status if isinstance(v, Payment) else None,
+)  # fmt: skip
+def test_a_command_applied_before_is_answered_again_as_its_row_implies(
+    command: rules.Command, payment: Payment, expected: object
+) -> None:
+    """What a duplicate command is answered: the same answer, field for field, as the first
+    time, read from the row it left behind; nothing while the row is still undecided."""
+    assert rules.reply(command, payment) == expected
+
+
+@pytest.mark.parametrize(
+    "payment, expected",
+    [
+        (CHARGED, True),
+        (REFUNDED_AFTER_CHARGE, True),
+        (UNWOUND, False),
+        (row("refunded"), False),  # no payment id: nothing to name in an answer
+        (row("failed", "pi_1", failure_reason="card_declined"), False),
+        (row("voided"), False),
+        (row("processing", "pi_1"), False),
+    ],
+)
+def test_which_rows_answered_their_charge_succeeded(payment: Payment, expected: bool) -> None:
+    assert rules.answered_charged(payment) is expected
 
 
 def test_no_answer_while_processing() -> None:
