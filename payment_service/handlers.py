@@ -2,7 +2,8 @@
 
 A round takes the first command of each order in the batch through at most three
 transactions, with no transaction open during a gateway call:
-1. skip commands already applied (inbox), create missing rows, read every row;
+1. find commands already applied (inbox), create missing rows, read every row, and answer
+   each command applied before again, from its row (its first answer may have been lost);
 2. (only if some order needs a charge) after creating intents concurrently, record them,
    compare-and-set, so that no intent is ever confirmed before our row names it;
 3. after the gateway calls (concurrent, bounded), write the changes (compare-and-set on the
@@ -20,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
-from jetsaga import inbox, outbox
+from jetsaga import inbox, outbox, tracing
 from jetsaga.consumer import Delivery, PermanentError, TransientError
 from jetsaga.contracts import ProcessPayment, RefundPayment
 from payment_service import flows, metrics, rounds, rules, store
@@ -61,11 +62,13 @@ class PaymentHandler:
             if not isinstance(d.message, ProcessPayment | RefundPayment):
                 raise PermanentError(f"{d.subject} is not a payment command")
         pending, held, errors, duplicates = list(batch), set[str](), list[Exception](), 0
+        earlier: set[str] = set()  # keys a round of this batch answered or tried to
         for _ in range(MAX_ROUNDS):
             now, pending = rounds.next_round(pending, held)
             if not now:
                 break
-            works, skipped = await self._round(now)
+            works, skipped = await self._round(now, earlier)
+            earlier.update(d.key for d in now)
             duplicates += skipped
             for w in works:
                 if w.error is not None:
@@ -78,12 +81,24 @@ class PaymentHandler:
             raise TransientError("payment rows kept changing under this batch")
         return duplicates
 
-    async def _round(self, deliveries: list[Delivery]) -> tuple[list[Work], int]:
+    async def _round(self, deliveries: list[Delivery], earlier: set[str]) -> tuple[list[Work], int]:
         async with self._pool.acquire() as conn, conn.transaction():
             done = await store.seen(conn, CONSUMER, [d.key for d in deliveries])
             fresh = [d for d in deliveries if d.key not in done]
             await store.open_payments(conn, [rules.opening(rounds.command(d)) for d in fresh])
-            rows = await store.load(conn, [d.message.order_id for d in fresh])
+            # Duplicates' rows come in the same statement: no cost when there are none.
+            rows = await store.load(conn, [d.message.order_id for d in deliveries])
+            again = []
+            if len(fresh) < len(deliveries):
+                duplicates = [d for d in deliveries if d.key in done and d.key not in earlier]
+                again = rounds.reanswers(duplicates, rows)
+                # A re-answer has the first answer's Nats-Msg-Id (its subject and orderId), so
+                # JetStream drops it inside its duplicate window and stores it after.
+                await outbox.enqueue(
+                    conn, [outbox.outgoing(a, d.msg_id, d.traceparent) for d, a in again]
+                )
+        for delivery, _ in again:
+            log.info("duplicate answered again", extra=_fields(delivery, "re-answered"))
         works = [Work(d, rows[d.message.order_id]) for d in fresh]
         await self._charge([w for w in works if rules.step(w.command, w.row) is Step.CHARGE])
         await self._each(
@@ -150,3 +165,14 @@ class PaymentHandler:
 
         if works:
             await asyncio.gather(*(one(w) for w in works))
+
+
+def _fields(delivery: Delivery, outcome: str) -> dict[str, object]:
+    return {
+        "orderId": delivery.message.order_id,
+        "subject": delivery.subject,
+        "durable": CONSUMER,
+        "deliveries": delivery.num_delivered,
+        "outcome": outcome,
+        "traceId": tracing.trace_id(delivery.traceparent),
+    }

@@ -1,5 +1,6 @@
 """Bookkeeping of a batch of payment commands, pure: which commands go in a round, which
-row changes to write, and, once written, which commands are answered and with what.
+row changes to write, once written, which commands are answered and with what, and what a
+command applied before is answered again.
 
 A `Work` carries one command through a round. A command whose row changed under it (its
 compare-and-set found another version) is marked `redo` and decided again next round.
@@ -7,11 +8,11 @@ compare-and-set found another version) is marked `redo` and decided again next r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from jetsaga import outbox
 from jetsaga.consumer import Delivery
-from jetsaga.contracts import ProcessPayment, RefundPayment
+from jetsaga.contracts import AnyMessage, ProcessPayment, RefundPayment
 from jetsaga.outbox import Outgoing
 from payment_service import rules
 from payment_service.flows import Work
@@ -90,3 +91,19 @@ def answers(answering: Sequence[Work], claimed: set[str]) -> tuple[list[Outgoing
         if answer is not None:
             out.append(outbox.outgoing(answer, w.delivery.msg_id, w.delivery.traceparent))
     return out, duplicates
+
+
+def reanswers(
+    duplicates: Sequence[Delivery], rows: Mapping[str, Payment]
+) -> list[tuple[Delivery, AnyMessage]]:
+    """What commands applied before are answered again: what their rows now imply, which is
+    what they were answered the first time (`rules.reply`). The first answer may have been
+    lost, and the saga re-sends a compensation until it hears one. A row still undecided
+    gets nothing: the command deciding it answers."""
+    again: list[tuple[Delivery, AnyMessage]] = []
+    for delivery in duplicates:
+        row = rows.get(delivery.message.order_id)
+        answer = None if row is None else rules.reply(command(delivery), row)
+        if answer is not None:
+            again.append((delivery, answer))
+    return again

@@ -108,11 +108,14 @@ async def test_a_process_request_is_charged_and_answered(worker: Worker) -> None
     assert "paymentMethod" not in record
 
 
-async def test_a_replay_under_a_fresh_msg_id_does_not_charge_again(worker: Worker) -> None:
+async def test_a_replay_under_a_fresh_msg_id_is_answered_again_and_not_charged_again(
+    worker: Worker,
+) -> None:
     order = str(uuid.uuid4())
     await worker.send(charge(order))
-    await worker.answer(order, PaymentSucceeded)
+    first = await worker.answer(order, PaymentSucceeded)
     before = await worker.payment(order)
+    succeeded = await worker.nc.subscribe("payments.succeeded")
     await worker.send(charge(order), msg_id=f"replay-{uuid.uuid4()}")
     await worker.send(RefundPayment(order_id=order, reason="timeout"))  # a marker behind it
     await worker.answer(order, PaymentRefunded)
@@ -120,8 +123,15 @@ async def test_a_replay_under_a_fresh_msg_id_does_not_charge_again(worker: Worke
     assert after["stripePaymentIntentId"] == before["stripePaymentIntentId"]
     assert [type(m) for m in worker.seen if m.order_id == order] == [
         PaymentSucceeded,
+        PaymentSucceeded,  # the replay, a duplicate, answered again from the row
         PaymentRefunded,
     ]
+    again = await succeeded.next_msg(timeout=5)
+    assert contracts.decode(again.subject, again.data) == first
+    # Under the first answer's Nats-Msg-Id: JetStream drops it inside the duplicate window.
+    assert again.headers is not None
+    assert again.headers[contracts.MSG_ID] == contracts.message_id(again.subject, order)
+    await succeeded.unsubscribe()
 
 
 async def test_a_declined_card_is_answered_failed(worker: Worker) -> None:

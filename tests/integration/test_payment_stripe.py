@@ -181,11 +181,12 @@ async def test_handler_charges_declines_and_refunds_through_localstripe(
     assert isinstance(failure, PaymentFailed) and failure.reason == "card_declined"
 
     assert await handler([process(paid, "pm_card_visa")]) == 1  # redelivered: no new intent
+    assert (await answers(pool, paid))[1] == success  # ... and answered again
     refund = RefundPayment(order_id=paid, payment_id=success.payment_id, reason="timeout")
     await handler([delivery(refund)])
     row = (await store.load(pool, [paid]))[paid]
     assert row.status == "refunded"
-    assert (await answers(pool, paid))[1] == PaymentRefunded(
+    assert (await answers(pool, paid))[2] == PaymentRefunded(
         order_id=paid, payment_id=success.payment_id, refund_id=row.refund_id
     )
     refunds = await raw.v1.refunds.list_async({"payment_intent": intent.id})

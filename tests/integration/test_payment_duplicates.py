@@ -1,0 +1,236 @@
+"""A payment command applied before is answered again, from the row it left behind, against a
+real PostgreSQL with the fake gateway: the saga re-sends a compensation until it hears an
+answer, and the first answer may have been lost with the NATS server that had acknowledged
+it. The re-answer is the same message under the same `Nats-Msg-Id`, and no gateway call."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from jetsaga import config, contracts, db, inbox
+from jetsaga.consumer import Delivery
+from jetsaga.contracts import (
+    AnyMessage,
+    PaymentFailed,
+    PaymentRefunded,
+    PaymentSucceeded,
+    ProcessPayment,
+    RefundPayment,
+)
+from payment_service import store
+from payment_service.fake_gateway import FakeGateway
+from payment_service.gateway import Intent, Unavailable
+from payment_service.handlers import CONSUMER, PaymentHandler
+from payment_service.main import MIGRATIONS
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    url = config.with_database(database_url, f"payment_d_{uuid.uuid4().hex[:12]}")
+    await db.ensure_database(url)
+    p = await db.create_pool(url, 4)
+    await db.migrate(p, [db.SHARED_MIGRATIONS, MIGRATIONS])
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+def gateway() -> FakeGateway:
+    return FakeGateway()
+
+
+@pytest.fixture
+def handler(pool: asyncpg.Pool, gateway: FakeGateway) -> PaymentHandler:
+    return PaymentHandler(pool, gateway)
+
+
+def delivery(message: AnyMessage, msg_id: str | None = None, deliveries: int = 1) -> Delivery:
+    subject = contracts.subject_of(message)
+    return Delivery(subject, message, msg_id or contracts.message_id(subject, message.order_id),
+                    deliveries, traceparent="00-tp")  # fmt: skip
+
+
+def process(order_id: str, pm: str = "pm_card_visa") -> Delivery:
+    return delivery(ProcessPayment(order_id=order_id, customer_id="c-1", amount=1999,
+                                   currency="usd", payment_method=pm))  # fmt: skip
+
+
+def refund(order_id: str, msg_id: str | None = None) -> Delivery:
+    return delivery(RefundPayment(order_id=order_id, reason="timeout"), msg_id)
+
+
+async def sent(pool: asyncpg.Pool, order_id: str) -> list[tuple[str, str, str, AnyMessage]]:
+    """The order's outbox rows: (subject, Nats-Msg-Id, Causation-Id, message)."""
+    rows = await pool.fetch(
+        "SELECT subject, msg_id, causation_id, payload FROM outbox WHERE saga_id = $1 ORDER BY id",
+        order_id,
+    )
+    return [
+        (r["subject"], r["msg_id"], r["causation_id"], contracts.decode(r["subject"], r["payload"]))
+        for r in rows
+    ]
+
+
+async def test_a_refund_request_applied_before_is_answered_again_without_a_second_refund(
+    handler: PaymentHandler, gateway: FakeGateway, pool: asyncpg.Pool
+) -> None:
+    order = str(uuid.uuid4())
+    await handler([process(order)])
+    await handler([refund(order)])
+    row = (await store.load(pool, [order]))[order]
+    assert row.status == "refunded" and row.refund_id
+    calls = sum(gateway.calls.values())
+    resent = refund(order, msg_id="payments.refund_request:resent")
+    assert await handler([resent]) == 1  # still a duplicate for the consumer loop
+    assert sum(gateway.calls.values()) == calls and gateway.calls["refund"] == 1
+    _, first, again = await sent(pool, order)
+    assert (
+        first[3]
+        == again[3]
+        == PaymentRefunded(order_id=order, payment_id=row.intent_id, refund_id=row.refund_id)
+    )
+    assert (
+        first[:2]
+        == again[:2]
+        == (
+            contracts.PAYMENTS_REFUNDED,
+            contracts.message_id(contracts.PAYMENTS_REFUNDED, order),
+        )
+    )
+    assert again[2] == "payments.refund_request:resent"  # caused by the duplicate delivery
+
+
+async def test_a_refund_request_that_voided_the_order_is_answered_again_that_nothing_was_charged(
+    handler: PaymentHandler, gateway: FakeGateway, pool: asyncpg.Pool
+) -> None:
+    order = str(uuid.uuid4())
+    await handler([refund(order)])
+    assert await handler([refund(order)]) == 1
+    assert [m for *_, m in await sent(pool, order)] == [PaymentRefunded(order_id=order)] * 2
+    assert not gateway.calls
+
+
+async def test_a_refund_request_after_a_decline_is_answered_again_that_nothing_was_charged(
+    handler: PaymentHandler, gateway: FakeGateway, pool: asyncpg.Pool
+) -> None:
+    order = str(uuid.uuid4())
+    await handler([process(order, "pm_card_chargeCustomerFail")])
+    await handler([refund(order)])
+    assert await handler([refund(order)]) == 1
+    _, first, again = await sent(pool, order)
+    assert first == again and first[3] == PaymentRefunded(order_id=order)
+    assert gateway.calls["refund"] == 0
+
+
+async def test_a_process_request_applied_before_is_answered_again_succeeded(
+    handler: PaymentHandler, gateway: FakeGateway, pool: asyncpg.Pool
+) -> None:
+    order = str(uuid.uuid4())
+    await handler([process(order)])
+    calls = sum(gateway.calls.values())
+    assert await handler([process(order)]) == 1
+    first, again = await sent(pool, order)
+    assert first == again and isinstance(again[3], PaymentSucceeded)
+    assert again[1] == contracts.message_id(contracts.PAYMENTS_SUCCEEDED, order)
+    assert sum(gateway.calls.values()) == calls and gateway.charged(order) == 1
+
+
+async def test_a_declined_process_request_is_answered_again_with_its_reason_and_time(
+    handler: PaymentHandler, gateway: FakeGateway, pool: asyncpg.Pool
+) -> None:
+    order = str(uuid.uuid4())
+    await handler([process(order, "pm_card_chargeCustomerFail")])
+    calls = sum(gateway.calls.values())
+    assert await handler([process(order, "pm_card_chargeCustomerFail")]) == 1
+    first, again = await sent(pool, order)
+    assert first == again and isinstance(again[3], PaymentFailed)
+    assert again[3].reason == "card_declined"
+    assert sum(gateway.calls.values()) == calls
+
+
+async def test_a_process_request_whose_charge_was_refunded_since_is_answered_succeeded_again(
+    handler: PaymentHandler, gateway: FakeGateway, pool: asyncpg.Pool
+) -> None:
+    order = str(uuid.uuid4())
+    await handler([process(order)])
+    await handler([refund(order)])
+    assert await handler([process(order)]) == 1
+    succeeded, _, again = await sent(pool, order)
+    assert succeeded == again and isinstance(again[3], PaymentSucceeded)
+    assert gateway.calls["refund"] == 1 and gateway.charged(order) == 0
+
+
+class LosesConfirmAnswers(FakeGateway):
+    """Charges, then loses the answer: the order is maybe charged until a refund unwinds it."""
+
+    async def confirm_intent(self, order_id: str, intent_id: str) -> Intent:
+        await super().confirm_intent(order_id, intent_id)
+        raise Unavailable("answer lost")
+
+
+async def test_a_process_request_a_refund_overtook_is_answered_cancelled_again(
+    pool: asyncpg.Pool,
+) -> None:
+    gateway = LosesConfirmAnswers()
+    handler, order = PaymentHandler(pool, gateway), str(uuid.uuid4())
+    with pytest.raises(Unavailable):
+        await handler([process(order)])
+    await handler([refund(order)])  # refunds the charge whose answer was lost
+    await handler([process(order)])  # the held request: told cancelled, never succeeded
+    assert await handler([process(order)]) == 1
+    _, cancelled, again = await sent(pool, order)
+    assert cancelled == again and isinstance(again[3], PaymentFailed)
+    assert again[3].reason == "cancelled"
+    assert gateway.charged(order) == 0 and gateway.calls["refund"] == 1
+
+
+async def test_a_command_applied_before_on_a_row_still_processing_gets_no_answer(
+    handler: PaymentHandler, gateway: FakeGateway, pool: asyncpg.Pool
+) -> None:
+    order = str(uuid.uuid4())
+    gateway.fail("confirm")
+    with pytest.raises(Unavailable):
+        await handler([process(order)])
+    assert (await store.load(pool, [order]))[order].status == "processing"
+    async with pool.acquire() as conn:  # as if applied: the row is still being decided
+        await inbox.claim(conn, CONSUMER, [process(order)])
+    calls = sum(gateway.calls.values())
+    assert await handler([process(order)]) == 1
+    assert await sent(pool, order) == []
+    assert sum(gateway.calls.values()) == calls
+
+
+async def test_a_duplicate_and_a_new_command_of_one_order_in_one_batch(
+    handler: PaymentHandler, gateway: FakeGateway, pool: asyncpg.Pool
+) -> None:
+    order = str(uuid.uuid4())
+    await handler([process(order)])
+    assert await handler([process(order), refund(order)]) == 1
+    kinds = [type(m) for *_, m in await sent(pool, order)]
+    assert kinds == [PaymentSucceeded, PaymentSucceeded, PaymentRefunded]  # in stream order
+    assert gateway.charged(order) == 0
+
+
+async def test_a_reanswer_is_logged_at_info_with_its_order_and_outcome(
+    handler: PaymentHandler, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    order = str(uuid.uuid4())
+    await handler([refund(order)])
+    with caplog.at_level(logging.INFO, logger="payment_service.handlers"):
+        await handler([delivery(RefundPayment(order_id=order, reason="timeout"), deliveries=2)])
+    [record] = [r for r in caplog.records if getattr(r, "outcome", None) == "re-answered"]
+    assert record.levelno == logging.INFO
+    fields = {k: vars(record)[k] for k in ("orderId", "subject", "durable", "deliveries")}
+    assert fields == {
+        "orderId": order,
+        "subject": contracts.PAYMENTS_REFUND_REQUEST,
+        "durable": "payment-service",
+        "deliveries": 2,
+    }
