@@ -63,6 +63,7 @@ class Reservation(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     items: dict[str, int]
     expires_at: datetime | None = None
+    reason: str | None = None  # why it was released; read only to answer a duplicate
 
 
 class Ledger:

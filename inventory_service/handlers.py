@@ -1,8 +1,9 @@
 """The inventory service's three consumers (SPEC §3, §4.3).
 
-Each applies its whole batch in one transaction: claim the batch in the inbox (a message
-applied before is skipped), lock the rows it changes, let `rules` decide in the batch's
-order, write the plan back in one statement, and enqueue the events it emits.
+Each applies its whole batch in one transaction: claim the batch in the inbox, lock the rows
+it changes, let `rules` decide in the batch's order, write the plan back in one statement,
+and enqueue the events it emits. A message applied before changes nothing, but is answered
+again from its row (`reanswers`), as its first answer may have been lost.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from inventory_service import rules, store
-from inventory_service.domain import CONFIRMED, RELEASED, RESERVED
+from inventory_service import reanswers, rules, store
+from inventory_service.domain import CONFIRMED, RELEASED, RESERVED, Reservation
 from jetsaga import inbox, outbox
 from jetsaga.consumer import Delivery, PermanentError, TransientError
 from jetsaga.contracts import OrderConfirmed, OrderCreated, ReleaseInventory
@@ -30,6 +31,8 @@ M = TypeVar("M", OrderCreated, ReleaseInventory, OrderConfirmed)
 
 # The routine outcomes of every order are debug lines; a saga bug is an error.
 _LEVELS = {
+    reanswers.REANSWERED: logging.INFO,  # rare: a redelivery, a replay, or a saga re-sending
+    reanswers.NOTHING: logging.DEBUG,
     "reserved": logging.DEBUG,
     "released": logging.DEBUG,
     "confirmed": logging.DEBUG,
@@ -55,11 +58,43 @@ def emitted(batch: Sequence[Delivery], plan: rules.Plan, **extra: Any) -> list[o
     """Log each decision with its order id; the events to enqueue, caused by their message."""
     out = []
     for delivery, decision in zip(batch, plan.decisions, strict=True):
-        fields = {"orderId": decision.order_id, "outcome": decision.outcome, **extra}
+        fields = {
+            "orderId": decision.order_id,
+            "subject": delivery.subject,
+            "outcome": decision.outcome,
+            **extra,
+        }
         log.log(_LEVELS.get(decision.outcome, logging.INFO), decision.outcome, extra=fields)
         if decision.event is not None:
             out.append(outbox.outgoing(decision.event, delivery.msg_id, delivery.traceparent))
     return out
+
+
+def applied_before(batch: Sequence[Delivery], fresh: Sequence[Delivery]) -> list[Delivery]:
+    """The first delivery of each key applied before this batch (a copy of a key applied in
+    this batch is answered by it)."""
+    keys = {d.key for d in fresh}
+    out: list[Delivery] = []
+    for delivery in batch:
+        if delivery.key not in keys:
+            keys.add(delivery.key)
+            out.append(delivery)
+    return out
+
+
+async def answer_again(
+    conn: asyncpg.Connection,
+    durable: str,
+    duplicates: Sequence[Delivery],
+    kind: type[M],
+    decide: Callable[[list[M], dict[str, Reservation]], rules.Plan],
+) -> None:
+    """Enqueue what the rows of messages applied before imply; no query when there are none."""
+    if not duplicates:
+        return
+    messages = _typed(duplicates, kind)
+    held = await store.reservations_of(conn, [m.order_id for m in messages])
+    await outbox.enqueue(conn, emitted(duplicates, decide(messages, held), durable=durable))
 
 
 class Handlers:
@@ -75,6 +110,8 @@ class Handlers:
         expires_at = self._clock() + self._ttl
         async with self._pool.acquire() as conn, conn.transaction():
             fresh = await inbox.claim(conn, RESERVE, batch)
+            again = applied_before(batch, fresh)
+            await answer_again(conn, RESERVE, again, OrderCreated, reanswers.reserve)
             if not fresh:
                 return len(batch)
             orders = _typed(fresh, OrderCreated)
@@ -98,6 +135,8 @@ class Handlers:
         """inventory.release_request: give reserved stock back to available."""
         async with self._pool.acquire() as conn, conn.transaction():
             fresh = await inbox.claim(conn, RELEASE, batch)
+            again = applied_before(batch, fresh)
+            await answer_again(conn, RELEASE, again, ReleaseInventory, reanswers.release)
             if not fresh:
                 return len(batch)
             requests = _typed(fresh, ReleaseInventory)
@@ -114,7 +153,7 @@ class Handlers:
         return len(batch) - len(fresh)
 
     async def confirm(self, batch: Sequence[Delivery]) -> int:
-        """orders.confirmed: the reserved stock is sold."""
+        """orders.confirmed: the reserved stock is sold. It has no answer to give again."""
         async with self._pool.acquire() as conn, conn.transaction():
             fresh = await inbox.claim(conn, CONFIRM, batch)
             if not fresh:

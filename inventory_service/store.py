@@ -164,6 +164,7 @@ def _reservations(rows: Sequence[asyncpg.Record]) -> dict[str, Reservation]:
             status=row["status"],
             items=items[order_id],
             expires_at=row["expires_at"],
+            reason=row.get("reason"),
         )
         for order_id, row in first.items()
     }
@@ -184,6 +185,20 @@ async def lock_reservations(
         " LEFT JOIN reservation_items i USING (order_id)"
         " WHERE r.order_id = ANY($1::text[]) ORDER BY r.order_id FOR UPDATE OF r",
         sorted(set(order_ids)),
+    )
+    return _reservations(rows)
+
+
+async def reservations_of(
+    conn: asyncpg.Connection, order_ids: Sequence[str]
+) -> dict[str, Reservation]:
+    """Reservations with their release reason, unlocked: to answer messages applied before."""
+    if not order_ids:
+        return {}
+    rows = await conn.fetch(
+        f"SELECT {_RESERVATION_COLUMNS}, r.reason FROM reservations r"
+        " LEFT JOIN reservation_items i USING (order_id) WHERE r.order_id = ANY($1::text[])",
+        list(order_ids),
     )
     return _reservations(rows)
 

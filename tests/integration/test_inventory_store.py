@@ -1,10 +1,11 @@
 """The inventory handlers and expiry sweep against a real PostgreSQL, each test on a database
-of its own: reservations all-or-nothing, release, confirm, expiry, duplicates, races, and
-conservation of `available + reserved + sold`."""
+of its own: reservations all-or-nothing, release, confirm, expiry, duplicates (answered again
+from their rows), races, and conservation of `available + reserved + sold`."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -147,17 +148,22 @@ async def test_a_product_listed_twice_is_reserved_as_its_sum(
     assert await levels(pool, "a") == (0, 3, 0)
 
 
-async def test_duplicate_deliveries_change_nothing(pool: asyncpg.Pool, handlers: Handlers) -> None:
+async def test_duplicate_deliveries_change_no_stock_and_are_answered_again(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
     await set_stock(pool, a=5)
     order = created("o-1", ("a", 2))
-    assert await handlers.reserve([order, order]) == 1
+    assert await handlers.reserve([order, order]) == 1  # one answer for the two copies
     assert await handlers.reserve([order]) == 1
     replayed = created("o-1", ("a", 2))  # a dead-letter replay: same order, fresh Nats-Msg-Id
     assert await handlers.reserve([delivery(replayed.message, msg_id="replay-1")]) == 1
+    assert await levels(pool, "a") == (3, 2, 0)
     assert await handlers.release([release("o-1")]) == 0
     assert await handlers.release([release("o-1")]) == 1
     assert await levels(pool, "a") == (5, 0, 0)
-    assert [type(m) for m in await emitted(pool)] == [InventoryReserved, InventoryReleased]
+    assert [type(m) for m in await emitted(pool)] == [InventoryReserved] * 3 + [
+        InventoryReleased
+    ] * 2
 
 
 async def test_release_returns_reserved_stock_and_emits_released(
@@ -375,3 +381,152 @@ async def test_an_order_without_items_is_reserved_and_confirmed_holding_nothing(
     [event] = await emitted(pool)
     assert isinstance(event, InventoryReserved) and event.items == ()
     assert await pool.fetchval("SELECT status FROM reservations") == "confirmed"
+
+
+# --- a message applied before is answered again from its row ---------------------------
+
+
+async def outbox_rows(pool: asyncpg.Pool) -> list[tuple[str, str, contracts.AnyMessage]]:
+    """(Nats-Msg-Id, Causation-Id, message) of every outbox row, in order."""
+    rows = await pool.fetch("SELECT subject, msg_id, causation_id, payload FROM outbox ORDER BY id")
+    return [
+        (r["msg_id"], r["causation_id"], contracts.decode(r["subject"], r["payload"])) for r in rows
+    ]
+
+
+async def test_a_release_request_applied_before_is_answered_released_again(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=5)
+    await handlers.reserve([created("o-1", ("a", 2))])
+    await handlers.release([release("o-1", reason="payment_failed")])
+    resent = delivery(release("o-1", reason="payment_failed").message, msg_id="resent-1")
+    assert await handlers.release([resent]) == 1  # still a duplicate for the consumer loop
+    assert await levels(pool, "a") == (5, 0, 0)
+    _, first, again = await outbox_rows(pool)
+    assert (
+        first[2]
+        == again[2]
+        == InventoryReleased(
+            order_id="o-1", reservation_id=str(reservation_id_for("o-1")), reason="payment_failed"
+        )
+    )
+    assert first[0] == again[0] == contracts.message_id(contracts.INVENTORY_RELEASED, "o-1")
+    assert again[1] == "resent-1"  # caused by the duplicate delivery
+
+
+async def test_a_release_request_that_left_a_tombstone_is_answered_nothing_held_again(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await handlers.release([release("o-1", reason="timeout")])
+    assert await handlers.release([release("o-1", reason="timeout")]) == 1
+    assert (
+        await emitted(pool)
+        == [InventoryReleased(order_id="o-1", reservation_id=None, reason="timeout")] * 2
+    )
+
+
+async def test_a_release_request_applied_after_expiry_is_answered_with_the_expiry(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=5)
+    await handlers.reserve([created("o-1", ("a", 2))])
+    await expire_due(pool, T0 + timedelta(seconds=TTL_S + 1))
+    await handlers.release([release("o-1")])  # released before: nothing new
+    assert await handlers.release([release("o-1")]) == 1  # re-sent: the expiry, said again
+    _, expired, again = await outbox_rows(pool)
+    assert expired[0] == again[0] and expired[2] == again[2]
+    assert isinstance(again[2], InventoryReleased) and again[2].reason == "expired"
+    assert await levels(pool, "a") == (5, 0, 0)
+
+
+async def test_a_release_request_for_a_confirmed_order_is_never_answered_and_is_logged_error(
+    pool: asyncpg.Pool, handlers: Handlers, caplog: pytest.LogCaptureFixture
+) -> None:
+    await set_stock(pool, a=5)
+    await handlers.reserve([created("o-1", ("a", 2))])
+    await handlers.confirm([confirmed("o-1")])
+    await handlers.release([release("o-1")])  # the first time, as today: nothing, an error
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="inventory_service.handlers"):
+        assert await handlers.release([release("o-1")]) == 1
+    assert [type(m) for m in await emitted(pool)] == [InventoryReserved]
+    assert await levels(pool, "a") == (3, 0, 2)
+    [record] = caplog.records
+    assert (record.levelno, vars(record)["outcome"]) == (logging.ERROR, "confirmed_not_released")
+
+
+async def test_an_order_applied_before_is_answered_reserved_again_and_stock_is_conserved(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    stock = {"a": 5, "b": 4}
+    await set_stock(pool, **stock)
+    order = created("o-1", ("a", 2), ("b", 1), ("a", 1))
+    await handlers.reserve([order])
+    later = Handlers(pool, TTL_S, clock=lambda: T0 + timedelta(hours=1))  # expiry stays put
+    again = delivery(order.message, msg_id="redelivered")
+    assert await later.reserve([again, created("o-2", ("b", 1))]) == 1
+    assert await levels(pool, "a") == (2, 3, 0)
+    assert await levels(pool, "b") == (2, 2, 0)
+    await assert_conserved(pool, stock)
+    first, repeated, _ = await outbox_rows(pool)
+    assert first[0] == repeated[0] == contracts.message_id(contracts.INVENTORY_RESERVED, "o-1")
+    assert first[2] == repeated[2]  # same id, lines and expiry as the first answer
+    assert repeated[1] == "redelivered"
+
+
+async def test_an_order_sold_since_is_answered_reserved_again(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=5)
+    await handlers.reserve([created("o-1", ("a", 2))])
+    await handlers.confirm([confirmed("o-1")])
+    assert await handlers.reserve([created("o-1", ("a", 2))]) == 1
+    first, again = await emitted(pool)
+    assert first == again and isinstance(again, InventoryReserved)
+    assert await levels(pool, "a") == (3, 0, 2)
+
+
+async def test_an_order_out_of_stock_or_released_is_not_answered_again(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=1)
+    await handlers.reserve([created("o-short", ("a", 2)), created("o-1", ("a", 1))])
+    await handlers.release([release("o-1")])
+    await handlers.release([release("o-never")])
+    await handlers.reserve([created("o-never", ("a", 1))])  # its release came first
+    before = await emitted(pool)
+    duplicates = [created("o-short", ("a", 2)), created("o-1", ("a", 1)),
+                  created("o-never", ("a", 1))]  # fmt: skip
+    assert await handlers.reserve(duplicates) == 3
+    assert await emitted(pool) == before
+    assert await levels(pool, "a") == (1, 0, 0)
+
+
+async def test_a_reanswer_is_logged_at_info_with_its_order_subject_and_durable(
+    pool: asyncpg.Pool, handlers: Handlers, caplog: pytest.LogCaptureFixture
+) -> None:
+    await handlers.release([release("o-1")])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="inventory_service.handlers"):
+        await handlers.release([release("o-1")])
+    [record] = caplog.records
+    fields = {k: vars(record)[k] for k in ("orderId", "subject", "durable", "outcome")}
+    assert record.levelno == logging.INFO
+    assert fields == {
+        "orderId": "o-1",
+        "subject": contracts.INVENTORY_RELEASE_REQUEST,
+        "durable": "inventory-service-release",
+        "outcome": "re-answered",
+    }
+
+
+async def test_confirm_duplicates_have_nothing_to_answer(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=5)
+    await handlers.reserve([created("o-1", ("a", 2))])
+    await handlers.confirm([confirmed("o-1")])
+    assert await handlers.confirm([confirmed("o-1")]) == 1
+    assert len(await emitted(pool)) == 1
+    assert await levels(pool, "a") == (3, 0, 2)
