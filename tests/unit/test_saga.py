@@ -639,8 +639,7 @@ def violations(sequence: list[tuple[str, float]]) -> list[str]:
             for m in d.emit:
                 before = [x for x in emitted if type(x) is type(m)]
                 same = isinstance(m, c.OrderConfirmed) and any(
-                    isinstance(x, c.OrderConfirmed) and x.payment_id == m.payment_id
-                    for x in before
+                    isinstance(x, c.OrderConfirmed) and x.payment_id == m.payment_id for x in before
                 )
                 if m not in before and not same:
                     found.append(f"{label}: re-sent {c.subject_of(m)} never sent before")
