@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from jetsaga import config, contracts, db, inbox
+from jetsaga import contracts, inbox
 from jetsaga.consumer import Delivery
 from jetsaga.contracts import (
     AnyMessage,
@@ -26,29 +25,10 @@ from payment_service import store
 from payment_service.fake_gateway import FakeGateway
 from payment_service.gateway import Intent, Unavailable
 from payment_service.handlers import CONSUMER, PaymentHandler
-from payment_service.main import MIGRATIONS
+from tests.support.payments import gateway, handler, pool
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    url = config.with_database(database_url, f"payment_d_{uuid.uuid4().hex[:12]}")
-    await db.ensure_database(url)
-    p = await db.create_pool(url, 4)
-    await db.migrate(p, [db.SHARED_MIGRATIONS, MIGRATIONS])
-    yield p
-    await p.close()
-
-
-@pytest.fixture
-def gateway() -> FakeGateway:
-    return FakeGateway()
-
-
-@pytest.fixture
-def handler(pool: asyncpg.Pool, gateway: FakeGateway) -> PaymentHandler:
-    return PaymentHandler(pool, gateway)
+__all__ = ["gateway", "handler", "pool"]  # the shared fixtures, imported above
 
 
 def delivery(message: AnyMessage, msg_id: str | None = None, deliveries: int = 1) -> Delivery:

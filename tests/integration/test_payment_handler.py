@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from jetsaga import config, contracts, db
+from jetsaga import contracts
 from jetsaga.consumer import Delivery
 from jetsaga.contracts import (
     AnyMessage,
@@ -29,29 +29,10 @@ from payment_service import store
 from payment_service.fake_gateway import FakeGateway
 from payment_service.gateway import Intent, Unavailable
 from payment_service.handlers import PaymentHandler
-from payment_service.main import MIGRATIONS
+from tests.support.payments import gateway, handler, pool
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    url = config.with_database(database_url, f"payment_t_{uuid.uuid4().hex[:12]}")
-    await db.ensure_database(url)
-    p = await db.create_pool(url, 8)
-    await db.migrate(p, [db.SHARED_MIGRATIONS, MIGRATIONS])
-    yield p
-    await p.close()
-
-
-@pytest.fixture
-def gateway() -> FakeGateway:
-    return FakeGateway()
-
-
-@pytest.fixture
-def handler(pool: asyncpg.Pool, gateway: FakeGateway) -> PaymentHandler:
-    return PaymentHandler(pool, gateway)
+__all__ = ["gateway", "handler", "pool"]  # the shared fixtures, imported above
 
 
 def new_order() -> str:

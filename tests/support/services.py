@@ -20,6 +20,7 @@ import aiohttp
 
 from jetsaga import config
 from jetsaga.devstack.procs import Child, ChildFailed, Server, free_port
+from tests.support.waiting import wait_until
 
 PORT_ENV = {"order": "ORDER_PORT", "payment": "PAYMENT_PORT", "inventory": "INVENTORY_PORT"}
 _ids = itertools.count(1)
@@ -56,21 +57,23 @@ class ServiceProcess:
 
     async def wait_ready(self) -> None:
         """Until `GET /readyz` is 200; `ChildFailed` with the log tail if it exits or is late."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.ready_timeout
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-            while True:
+
+            async def ready() -> bool:
                 try:
                     async with http.get(self.url + "/readyz") as resp:
                         if resp.status == 200:
-                            return
+                            return True
                 except (aiohttp.ClientError, TimeoutError):
                     pass
                 if not self.child.running:
                     raise ChildFailed(f"{self.child.name} exited before ready:\n{self.tail()}")
-                if loop.time() > deadline:
-                    raise ChildFailed(f"{self.child.name} not ready in time:\n{self.tail()}")
-                await asyncio.sleep(0.05)  # polling interval of a condition wait
+                return False
+
+            try:
+                await wait_until(ready, timeout=self.ready_timeout, message="ready")
+            except AssertionError:
+                raise ChildFailed(f"{self.child.name} not ready in time:\n{self.tail()}") from None
 
     async def stop(self) -> int | None:
         """SIGTERM (the worker drains), SIGKILL after the grace period; the exit code."""
