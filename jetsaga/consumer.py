@@ -86,6 +86,9 @@ def nak_delay(num_delivered: int) -> float:
     return float(min(4 ** (num_delivered - 1), 60))
 
 
+_DRAIN_S = 0.025  # how long a fetch after the first message may wait for company
+
+
 class Consumer:
     def __init__(
         self,
@@ -127,7 +130,7 @@ class Consumer:
     async def _loop(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                msgs = await sub.fetch(self._batch, timeout=1.0)
+                msgs = await self._fetch(sub)
             except TimeoutError:  # nats-py raises both its own and the builtin one
                 continue
             except nats.errors.Error:
@@ -135,6 +138,22 @@ class Consumer:
                 await asyncio.sleep(0.5)
                 continue
             await self.process(msgs)
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        """Wait for one message, then take whatever else is there at once.
+
+        A single `fetch(batch)` that finds nothing waiting keeps a pull request open until
+        the batch is full or the request expires: an idle loop would hold the first message
+        to arrive for up to that whole second (measured: p50 0.9 s at 250 orders/s).
+        """
+        first = await sub.fetch(1, timeout=1.0)
+        if self._batch == 1:
+            return first
+        try:
+            more = await sub.fetch(self._batch - 1, timeout=_DRAIN_S)
+        except TimeoutError:
+            more = []
+        return first + more
 
     async def process(self, msgs: Sequence[Msg]) -> None:
         if not msgs:  # nats-py's fetch can return none: not a batch, so not a duration
