@@ -12,38 +12,21 @@ import asyncpg
 import pytest
 
 from jetsaga import contracts, inbox
-from jetsaga.consumer import Delivery
 from jetsaga.contracts import (
     AnyMessage,
     PaymentFailed,
     PaymentRefunded,
     PaymentSucceeded,
-    ProcessPayment,
     RefundPayment,
 )
 from payment_service import store
 from payment_service.fake_gateway import FakeGateway
 from payment_service.gateway import Intent, Unavailable
 from payment_service.handlers import CONSUMER, PaymentHandler
-from tests.support.payments import gateway, handler, pool
+from tests.support.payments import delivery, gateway, handler, pool, process, refund
 
 pytestmark = pytest.mark.timeout(60)
 __all__ = ["gateway", "handler", "pool"]  # the shared fixtures, imported above
-
-
-def delivery(message: AnyMessage, msg_id: str | None = None, deliveries: int = 1) -> Delivery:
-    subject = contracts.subject_of(message)
-    return Delivery(subject, message, msg_id or contracts.message_id(subject, message.order_id),
-                    deliveries, traceparent="00-tp")  # fmt: skip
-
-
-def process(order_id: str, pm: str = "pm_card_visa") -> Delivery:
-    return delivery(ProcessPayment(order_id=order_id, customer_id="c-1", amount=1999,
-                                   currency="usd", payment_method=pm))  # fmt: skip
-
-
-def refund(order_id: str, msg_id: str | None = None) -> Delivery:
-    return delivery(RefundPayment(order_id=order_id, reason="timeout"), msg_id)
 
 
 async def sent(pool: asyncpg.Pool, order_id: str) -> list[tuple[str, str, str, AnyMessage]]:

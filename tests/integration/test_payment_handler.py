@@ -22,14 +22,12 @@ from jetsaga.contracts import (
     PaymentFailed,
     PaymentRefunded,
     PaymentSucceeded,
-    ProcessPayment,
-    RefundPayment,
 )
 from payment_service import store
 from payment_service.fake_gateway import FakeGateway
 from payment_service.gateway import Intent, Unavailable
 from payment_service.handlers import PaymentHandler
-from tests.support.payments import gateway, handler, pool
+from tests.support.payments import gateway, handler, pool, process, refund
 
 pytestmark = pytest.mark.timeout(60)
 __all__ = ["gateway", "handler", "pool"]  # the shared fixtures, imported above
@@ -37,20 +35,6 @@ __all__ = ["gateway", "handler", "pool"]  # the shared fixtures, imported above
 
 def new_order() -> str:
     return str(uuid.uuid4())
-
-
-def delivery(message: AnyMessage) -> Delivery:
-    subject = contracts.subject_of(message)
-    return Delivery(subject, message, contracts.message_id(subject, message.order_id), 1)
-
-
-def process(order_id: str, pm: str = "pm_card_visa", amount: int = 1999) -> Delivery:
-    return delivery(ProcessPayment(order_id=order_id, customer_id="c-1", amount=amount,
-                                   currency="usd", payment_method=pm))  # fmt: skip
-
-
-def refund(order_id: str, payment_id: str | None = None) -> Delivery:
-    return delivery(RefundPayment(order_id=order_id, payment_id=payment_id, reason="timeout"))
 
 
 async def answers(pool: asyncpg.Pool, order_id: str) -> list[AnyMessage]:
