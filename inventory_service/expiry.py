@@ -21,6 +21,7 @@ from inventory_service.domain import RELEASED
 from inventory_service.handlers import utcnow
 from inventory_service.rules import plan_expiry
 from jetsaga import inbox, outbox
+from jetsaga.runtime import pause
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,4 @@ class Expiry:
             except Exception:
                 # A bug must not stop the worker's consumers; it is logged and retried.
                 log.exception("expiry sweep failed unexpectedly; will retry")
-            try:
-                async with asyncio.timeout(self._interval_s):
-                    await stop.wait()
-            except TimeoutError:
-                pass
+            await pause(stop, self._interval_s)

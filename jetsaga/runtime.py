@@ -99,6 +99,15 @@ async def _connect_nats(settings: Settings, name: str) -> NATS:
     )
 
 
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Wait `seconds`, or less if the worker is told to stop: the pace of background loops."""
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        pass
+
+
 async def _watch_backlog(
     js: JetStreamContext, specs: list[ConsumerSpec], stop: asyncio.Event
 ) -> None:
@@ -111,11 +120,7 @@ async def _watch_backlog(
                 continue
             CONSUMER_PENDING.labels(spec.durable).set(info.num_pending or 0)
             CONSUMER_ACK_PENDING.labels(spec.durable).set(info.num_ack_pending or 0)
-        try:
-            async with asyncio.timeout(5.0):
-                await stop.wait()
-        except TimeoutError:
-            pass
+        await pause(stop, 5.0)
 
 
 async def _close_http(runner: web.AppRunner, stop: asyncio.Event, closed: asyncio.Event) -> None:

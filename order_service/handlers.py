@@ -19,6 +19,7 @@ from jetsaga import inbox, outbox
 from jetsaga.config import Settings
 from jetsaga.consumer import Delivery, Handler, PermanentError
 from jetsaga.outbox import OutboxRelay, Outgoing
+from jetsaga.runtime import pause
 from order_service import metrics, store
 from order_service.saga import Context, Decision, Event, SagaStatus, Timeout, transition
 
@@ -124,7 +125,7 @@ class Coordinator:
                     pass
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("timeout sweep failed; will retry", extra={"error": repr(exc)})
-            await _pause(stop, self._settings.sweep_interval_s)
+            await pause(stop, self._settings.sweep_interval_s)
 
     async def refresh_metrics(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -145,17 +146,9 @@ class Coordinator:
                 )
                 if pruned:
                     log.info("pruned inbox", extra={"rows": pruned})
-            await _pause(stop, 5.0)
+            await pause(stop, 5.0)
 
 
 def _ratio(part: int, whole: int) -> float:
     """NaN when nothing happened in the window: no data is not a 0 % or 100 % rate."""
     return part / whole if whole else float("nan")
-
-
-async def _pause(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    except TimeoutError:
-        pass
