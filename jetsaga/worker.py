@@ -7,12 +7,13 @@ import importlib
 
 import uvloop
 
-from jetsaga import config, logs
+from jetsaga import config, gcpolicy, logs
 
 
 def run(args: argparse.Namespace) -> int:
     settings = config.load()
     logs.configure(f"{args.service}-service", settings.log_level, settings.log_format)
     module = importlib.import_module(f"{args.service}_service.main")
+    gcpolicy.tune()
     uvloop.run(module.main(settings))
     return 0
