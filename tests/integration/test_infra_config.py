@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.metadata
+import itertools
 import json
 import re
 import shutil
@@ -37,6 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from jetsaga import config
 from jetsaga.cli import build_parser
+from jetsaga.devstack.postgres import SETTINGS
 from tests.support import metrics_catalog as catalog
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -436,6 +438,14 @@ def test_grafana_provisioning_points_at_prometheus_and_the_dashboards_folder() -
     mounts = dict(_bind_mounts(grafana))
     assert mounts[provider["options"]["path"]] == GRAFANA_DIR / "dashboards"
     assert _compose()["services"]["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
+
+
+def test_compose_postgres_runs_with_the_embedded_servers_settings() -> None:
+    command = _compose()["services"]["postgres"]["command"]
+    flags = {value for flag, value in itertools.pairwise(command) if flag == "-c"}
+    defaults = {"fsync": "on", "synchronous_commit": "on"}  # spelled out for the embedded one
+    assert command[0] == "postgres"
+    assert flags == {f"{k}={v}" for k, v in SETTINGS.items() if defaults.get(k) != v}
 
 
 # --- Live: Prometheus evaluates every expression against a scrape of catalog metrics -------
