@@ -99,16 +99,20 @@ async def answer_again(
 
 class Handlers:
     def __init__(
-        self, pool: asyncpg.Pool, reservation_ttl_s: float, clock: Callable[[], datetime] = utcnow
+        self,
+        pool: asyncpg.Pool,
+        reservation_ttl_s: float,
+        clock: Callable[[], datetime] = utcnow,
+        transaction: outbox.Transaction | None = None,
     ) -> None:
-        self._pool = pool
+        self._transaction = transaction or outbox.unstaged(pool)
         self._ttl = timedelta(seconds=reservation_ttl_s)
         self._clock = clock
 
     async def reserve(self, batch: Sequence[Delivery]) -> int:
         """orders.created: reserve every item of each order, or none of them."""
         expires_at = self._clock() + self._ttl
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             fresh = await inbox.claim(conn, RESERVE, batch)
             again = applied_before(batch, fresh)
             await answer_again(conn, RESERVE, again, OrderCreated, reanswers.reserve)
@@ -133,7 +137,7 @@ class Handlers:
 
     async def release(self, batch: Sequence[Delivery]) -> int:
         """inventory.release_request: give reserved stock back to available."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             fresh = await inbox.claim(conn, RELEASE, batch)
             again = applied_before(batch, fresh)
             await answer_again(conn, RELEASE, again, ReleaseInventory, reanswers.release)
@@ -154,7 +158,7 @@ class Handlers:
 
     async def confirm(self, batch: Sequence[Delivery]) -> int:
         """orders.confirmed: the reserved stock is sold. It has no answer to give again."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             fresh = await inbox.claim(conn, CONFIRM, batch)
             if not fresh:
                 return len(batch)

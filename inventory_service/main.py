@@ -18,7 +18,9 @@ MIGRATIONS: Final = Path(__file__).parent / "migrations"
 
 async def wire(runtime: Runtime) -> Parts:
     settings = runtime.settings
-    handlers = Handlers(runtime.pool, settings.reservation_ttl_s)
+    handlers = Handlers(
+        runtime.pool, settings.reservation_ttl_s, transaction=runtime.relay.transaction
+    )
     expiry = Expiry(runtime.pool, runtime.relay.wake, settings.sweep_interval_s)
     return Parts(
         consumers=[

@@ -99,7 +99,6 @@ class Consumer:
         *,
         batch: int = 200,
         concurrency: int = 2,
-        on_commit: Callable[[], None] = lambda: None,
         retry_delay: Callable[[int], float] = nak_delay,
     ) -> None:
         self.spec = spec
@@ -108,7 +107,6 @@ class Consumer:
         self._dead_letter = dead_letter
         self._batch = batch
         self._concurrency = concurrency
-        self._on_commit = on_commit
         self._retry_delay = retry_delay
         self._heartbeat_s = max(1.0, min(10.0, spec.ack_wait_s / 3))
         self._stop = asyncio.Event()
@@ -248,7 +246,6 @@ class Consumer:
                 if duplicates:
                     MESSAGES_PROCESSED.labels(self.spec.durable, "duplicate").inc(duplicates)
                 MESSAGES_PROCESSED.labels(self.spec.durable, "acked").inc(len(batch) - duplicates)
-                self._on_commit()
                 return None
 
     async def _heartbeat(self, msgs: list[Msg]) -> None:

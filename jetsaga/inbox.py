@@ -19,19 +19,28 @@ RETENTION_DAYS = 31  # outlives the dead-letter stream's 30 days of replayable m
 D = TypeVar("D", bound=Delivery)
 
 
+# Records the consumer ($1) and keys ($2) given; returns the keys not recorded before.
+CLAIM = (
+    "INSERT INTO processed_messages (consumer, msg_key)"
+    " SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING msg_key"
+)
+
+
 async def claim(conn: asyncpg.Connection, consumer: str, batch: Sequence[D]) -> list[D]:
     """Record the batch's keys; return the deliveries not applied before, first of each key."""
     if not batch:
         return []
-    fresh = set(
-        await conn.fetchval(
-            "WITH ins AS (INSERT INTO processed_messages (consumer, msg_key)"
-            " SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING msg_key)"
-            " SELECT coalesce(array_agg(msg_key), '{}') FROM ins",
-            consumer,
-            [d.key for d in batch],
-        )
+    fresh = await conn.fetchval(
+        f"WITH ins AS ({CLAIM}) SELECT coalesce(array_agg(msg_key), '{{}}') FROM ins",
+        consumer,
+        [d.key for d in batch],
     )
+    return first_fresh(batch, set(fresh))
+
+
+def first_fresh(batch: Sequence[D], fresh: set[str]) -> list[D]:
+    """The deliveries whose key was claimed just now, the first of each key (`fresh` is
+    consumed)."""
     result: list[D] = []
     for delivery in batch:
         if delivery.key in fresh:

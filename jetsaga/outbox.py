@@ -1,19 +1,28 @@
 """The transactional outbox: messages are written in the transaction of the state change
 that causes them, and a relay publishes them to JetStream afterwards.
 
-The relay claims rows with `FOR UPDATE SKIP LOCKED` (so replicas share the work), publishes a
-claimed batch with all publishes in flight at once, and deletes the rows in the same
-transaction only after every publish was acknowledged. A crash between publish and delete
-re-publishes the same `Nats-Msg-Id`, which JetStream drops inside its duplicate window and
-the consumer's inbox drops after it.
+The hot path never reads the outbox back: a writer opens its transaction with
+`relay.transaction()`, `enqueue` stages each row (its id and message) on that transaction,
+and once it commits the relay publishes the staged messages from memory, with all publishes
+in flight at once, and deletes their rows after every publish was acknowledged. A row whose
+publish failed, or whose writer died before publishing, is still in the table: a backstop
+poll claims rows older than a few seconds with `FOR UPDATE SKIP LOCKED` (so replicas share
+the work) and publishes them the same way.
+
+Deletes are committed without waiting for the WAL flush (`synchronous_commit = off`): a
+delete lost in a crash only re-publishes a message under its `Nats-Msg-Id`, which JetStream
+drops inside its duplicate window and the consumer's inbox drops after it, exactly as for a
+crash between publish and delete.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -27,7 +36,8 @@ from jetsaga.publisher import Publisher
 log = logging.getLogger(__name__)
 
 RELAY_BATCH = 500
-IDLE_POLL_S = 0.5  # backstop for rows left by a crashed replica; the hot path is wake()
+POLL_S = 1.0  # how often the backstop looks for rows the hot path did not publish
+STALE_AFTER_S = 5.0  # a row this old was not published from memory, or failed to be
 
 
 class Outgoing(msgspec.Struct, frozen=True):
@@ -53,36 +63,92 @@ def outgoing(
     )
 
 
-_INSERT = """
-INSERT INTO outbox (subject, msg_id, payload, saga_id, causation_id, traceparent)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[])
-"""
+class Staged(msgspec.Struct, frozen=True):
+    """Rows written by one transaction, and their messages (the same set, in any order)."""
+
+    ids: list[int]
+    messages: Sequence[Outgoing]
 
 
-async def enqueue(conn: asyncpg.Connection, messages: Sequence[Outgoing]) -> None:
-    """Write messages to the outbox inside the caller's transaction."""
-    if not messages:
-        return
-    await conn.execute(
-        _INSERT,
+# The rows staged by the transaction running in this task, if it was opened by the relay.
+_stage: contextvars.ContextVar[list[Staged] | None] = contextvars.ContextVar(
+    "outbox_stage", default=None
+)
+
+
+def insert_statement(first: int) -> str:
+    """`INSERT … RETURNING id` of messages passed as the six arrays of `insert_args`, from
+    parameter `$first` on: to write the outbox in a statement that does more."""
+    p = [f"${first + i}" for i in range(6)]
+    return (
+        "INSERT INTO outbox (subject, msg_id, payload, saga_id, causation_id, traceparent)"
+        f" SELECT * FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::bytea[],"
+        f" {p[3]}::text[], {p[4]}::text[], {p[5]}::text[]) RETURNING id"
+    )
+
+
+def insert_args(messages: Sequence[Outgoing]) -> list[list[Any]]:
+    return [
         [m.subject for m in messages],
         [m.msg_id for m in messages],
         [m.payload for m in messages],
         [m.saga_id for m in messages],
         [m.causation_id for m in messages],
         [m.traceparent for m in messages],
-    )
+    ]
+
+
+def stage(ids: list[int], messages: Sequence[Outgoing]) -> None:
+    """Rows just written by `ids`, for publishing when the transaction of
+    `OutboxRelay.transaction()` running in this task commits; outside one, nothing to do:
+    the backstop poll publishes them."""
+    staged = _stage.get()
+    if staged is not None and ids:
+        staged.append(Staged(ids, messages))
+
+
+_ENQUEUE = f"WITH ins AS ({insert_statement(1)}) SELECT array_agg(id) FROM ins"
+
+
+async def enqueue(conn: asyncpg.Connection, messages: Sequence[Outgoing]) -> None:
+    """Write messages to the outbox inside the caller's transaction. In a transaction of
+    `OutboxRelay.transaction()` they are published as soon as it commits; in any other,
+    by the backstop poll."""
+    if messages:
+        stage(await conn.fetchval(_ENQUEUE, *insert_args(messages)), messages)
 
 
 def headers_of(row: Any) -> dict[str, str]:
+    """Headers of an outbox row."""
+    return _headers(row["msg_id"], row["saga_id"], row["causation_id"], row["traceparent"])
+
+
+def _headers(
+    msg_id: str, saga_id: str, causation_id: str, traceparent: str | None
+) -> dict[str, str]:
     headers = {
-        contracts.MSG_ID: row["msg_id"],
-        contracts.SAGA_ID: row["saga_id"],
-        contracts.CAUSATION_ID: row["causation_id"],
+        contracts.MSG_ID: msg_id,
+        contracts.SAGA_ID: saga_id,
+        contracts.CAUSATION_ID: causation_id,
     }
-    if row["traceparent"]:
-        headers[contracts.TRACEPARENT] = row["traceparent"]
+    if traceparent:
+        headers[contracts.TRACEPARENT] = traceparent
     return headers
+
+
+# Opens a transaction on a pooled connection: `OutboxRelay.transaction`, or `unstaged(pool)`.
+Transaction = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
+
+
+def unstaged(pool: asyncpg.Pool) -> Transaction:
+    """Plain transactions: their outbox rows wait for a relay's backstop poll or `wake()`."""
+
+    @asynccontextmanager
+    async def transaction() -> AsyncIterator[asyncpg.Connection]:
+        async with pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    return transaction
 
 
 class OutboxRelay:
@@ -92,24 +158,55 @@ class OutboxRelay:
         # through a Publisher on the same client, with the context's timeout for each batch.
         self._publisher = Publisher(js._nc)
         self._timeout: float = js._timeout
-        self._wake = asyncio.Event()
+        self._kick = asyncio.Event()
+        self._ready: list[tuple[float, Staged]] = []  # (commit time, rows), oldest first
+        self._published: list[int] = []  # ids whose rows are still to delete
+        self._poll_due = 0.0  # monotonic time of the next backstop poll
+        self._poll_now = False  # woken: poll at once, rows of any age
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection in a transaction whose outbox rows are published once it
+        commits (nothing is, if it rolls back)."""
+        staged: list[Staged] = []
+        token = _stage.set(staged)
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield conn
+        finally:
+            _stage.reset(token)
+        self.committed(staged)
+
+    def committed(self, staged: Sequence[Staged]) -> None:
+        """Hand over rows of a committed transaction, for publishing now."""
+        if staged:
+            now = time.monotonic()
+            self._ready.extend((now, s) for s in staged if s.ids)
+            self._kick.set()
 
     def wake(self) -> None:
-        """Called after a commit that wrote to the outbox."""
-        self._wake.set()
+        """Publish now what the table holds: rows written outside `transaction()`."""
+        self._poll_now = True
+        self._kick.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
             try:
-                async with asyncio.timeout(IDLE_POLL_S):
-                    await self._wake.wait()
+                async with asyncio.timeout(self._poll_due - time.monotonic()):
+                    await self._kick.wait()
             except TimeoutError:
                 pass
-            self._wake.clear()
+            self._kick.clear()
             try:
-                while await self.publish_batch() == RELAY_BATCH:
-                    pass
+                await self.publish_ready()
+                await self._delete_published()  # before the poll, which would find them
+                if self._poll_now or time.monotonic() >= self._poll_due:
+                    min_age_s = 0.0 if self._poll_now else STALE_AFTER_S
+                    self._poll_now = False
+                    self._poll_due = time.monotonic() + POLL_S
+                    while await self.publish_batch(min_age_s) == RELAY_BATCH:
+                        pass
                 failures = 0
             except Exception:
                 failures += 1
@@ -118,19 +215,63 @@ class OutboxRelay:
 
     async def flush(self) -> None:
         """Publish everything pending now (used when draining on shutdown)."""
+        await self.publish_ready()
+        await self._delete_published()
         while await self.publish_batch() == RELAY_BATCH:
             pass
 
-    async def publish_batch(self) -> int:
+    async def publish_ready(self) -> int:
+        """Publish the rows handed over by committed transactions. On failure they are
+        dropped from memory: their rows stay, for the backstop poll."""
+        if not self._ready:
+            return 0
+        ready, self._ready = self._ready, []
+        OUTBOX_LAG.set(time.monotonic() - ready[0][0])
+        messages = [m for _, staged in ready for m in staged.messages]
+        await self._publisher.publish_batch(
+            [
+                (m.subject, m.payload, _headers(m.msg_id, m.saga_id, m.causation_id, m.traceparent))
+                for m in messages
+            ],
+            self._timeout,
+        )
+        for _, staged in ready:
+            self._published.extend(staged.ids)
+        if not self._ready:
+            OUTBOX_LAG.set(0)
+        return len(messages)
+
+    async def _delete_published(self) -> None:
+        if not self._published:
+            return
+        ids, self._published = self._published, []
+        # Our own integers, so a literal is safe; one round trip for the whole transaction.
+        literal = ",".join(map(str, ids))
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.execute(
+                    "BEGIN; SET LOCAL synchronous_commit = off;"
+                    f" DELETE FROM outbox WHERE id = ANY('{{{literal}}}'::bigint[]); COMMIT"
+                )
+        except BaseException:
+            self._published[:0] = ids  # published all the same: try the delete again
+            raise
+
+    async def publish_batch(self, min_age_s: float = 0.0) -> int:
+        """Claim up to RELAY_BATCH rows at least `min_age_s` old, publish them and delete
+        them in the same transaction; returns how many were published."""
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT id, subject, msg_id, payload, saga_id, causation_id, traceparent,"
                 " extract(epoch from created_at) AS created FROM outbox"
+                " WHERE created_at <= now() - make_interval(secs => $2)"
                 " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 RELAY_BATCH,
+                min_age_s,
             )
             if not rows:
-                OUTBOX_LAG.set(0)
+                if not self._ready:
+                    OUTBOX_LAG.set(0)
                 return 0
             OUTBOX_LAG.set(max(0.0, time.time() - float(rows[0]["created"])))
             await self._publisher.publish_batch(

@@ -168,7 +168,6 @@ async def serve(
             handler,
             runtime.dead_letters.from_msg,
             batch=settings.fetch_batch,
-            on_commit=runtime.relay.wake,
         )
         for spec, handler in parts.consumers
     ]

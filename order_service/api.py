@@ -21,7 +21,7 @@ from jetsaga import contracts as c
 from jetsaga import tracing
 from jetsaga.config import Settings
 from jetsaga.http import error, json_response
-from jetsaga.outbox import OutboxRelay, outgoing
+from jetsaga.outbox import outgoing
 from order_service import metrics, store
 from order_service.intake import IntakeWriter
 from order_service.openapi import document
@@ -59,9 +59,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime.datetime, str]:
     return datetime.datetime.fromisoformat(created), order_id
 
 
-def routes(
-    pool: asyncpg.Pool, settings: Settings, relay: OutboxRelay, intake: IntakeWriter
-) -> list[web.RouteDef]:
+def routes(pool: asyncpg.Pool, settings: Settings, intake: IntakeWriter) -> list[web.RouteDef]:
     async def create(request: web.Request) -> web.Response:
         # The intake's trace context is the order's: orders.created carries it.
         with tracing.intake("POST", "/orders", request.headers.get(c.TRACEPARENT)) as trace:
@@ -94,7 +92,6 @@ def routes(
             created=outgoing(order, traceparent=traceparent),
         )  # fmt: skip
         if await intake.create(new):
-            relay.wake()
             metrics.ORDERS_RECEIVED.labels("created").inc()
             return _accepted(order_id, "PENDING", "STARTED", 201)
         async with pool.acquire() as conn:

@@ -91,13 +91,14 @@ class Coordinator:
     def handler(self, durable: str) -> Handler:
         async def handle(batch: Sequence[Delivery]) -> int:
             now = time.time()
-            async with self._pool.acquire() as conn, conn.transaction():
-                fresh = await inbox.claim(conn, durable, batch)
-                locked = await store.lock_sagas(conn, [d.message.order_id for d in fresh])
+            async with self._relay.transaction() as conn:
+                claimed, locked = await store.claim_and_lock(
+                    conn, durable, [d.key for d in batch], [d.message.order_id for d in batch]
+                )
+                fresh = inbox.first_fresh(batch, claimed)
                 events = ((d.message, d.msg_id, d.traceparent) for d in fresh)
                 changes, out = decide(locked, events, self._ctx(now))
-                await store.save(conn, changes, now)
-                await outbox.enqueue(conn, out)
+                await store.save(conn, changes, now, out)
             observe(changes, now)
             return len(batch) - len(fresh)
 
@@ -106,14 +107,12 @@ class Coordinator:
     async def sweep_once(self) -> int:
         """Fire the timeouts that are due; returns how many sagas were examined."""
         now = time.time()
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._relay.transaction() as conn:
             locked = await store.lock_due_sagas(conn, now, SWEEP_BATCH)
             events = ((Timeout(order_id), f"timeout:{order_id}", None) for order_id in locked)
             changes, out = decide(locked, events, self._ctx(now))
-            await store.save(conn, changes, now)
-            await outbox.enqueue(conn, out)
+            await store.save(conn, changes, now, out)
         if out:
-            self._relay.wake()
             log.info("timeouts fired", extra={"count": len(changes)})
         observe(changes, now)
         return len(locked)

@@ -15,6 +15,7 @@ from collections import deque
 
 import asyncpg
 
+from jetsaga.outbox import OutboxRelay, Staged
 from order_service import store
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,11 @@ class _Pending:
 
 
 class IntakeWriter:
-    def __init__(self, pool: asyncpg.Pool, writers: int = 4) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, relay: OutboxRelay | None = None, writers: int = 4
+    ) -> None:
         self._pool = pool
+        self._relay = relay  # publishes each committed `orders.created` at once
         self._queue: deque[_Pending] = deque()
         self._wake = asyncio.Event()
         self._writers = writers
@@ -88,6 +92,11 @@ class IntakeWriter:
                     if not p.done.done():
                         p.done.set_exception(exc)
                 continue
+            if self._relay is not None and created:
+                news = [p.new for p in group if p.new.order.order_id in created]
+                self._relay.committed(
+                    [Staged([created[n.order.order_id] for n in news], [n.created for n in news])]
+                )
             for p in group:
                 if not p.done.done():
                     p.done.set_result(p.new.order.order_id in created)

@@ -17,13 +17,13 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 async def wire(rt: runtime.Runtime) -> runtime.Parts:
     coordinator = Coordinator(rt.pool, rt.settings, rt.relay)
-    intake = IntakeWriter(rt.pool)
+    intake = IntakeWriter(rt.pool, rt.relay)
     return runtime.Parts(
         consumers=[
             (CONSUMERS_BY_DURABLE[d], coordinator.handler(d))
             for d in ("order-service-inventory", "order-service-payment")
         ],
-        routes=api.routes(rt.pool, rt.settings, rt.relay, intake),
+        routes=api.routes(rt.pool, rt.settings, intake),
         loops=[coordinator.sweep, coordinator.refresh_metrics],
         http_loops=[intake.run],
     )

@@ -15,6 +15,7 @@ import asyncpg
 import msgspec
 
 from jetsaga import contracts as c
+from jetsaga import inbox, outbox
 from jetsaga.outbox import Outgoing
 from order_service.saga import ORDER_STATUS, TERMINAL, Decision, Saga
 
@@ -75,16 +76,18 @@ WITH i AS (
 ), x AS (
     INSERT INTO outbox (subject, msg_id, payload, saga_id, traceparent)
     SELECT 'orders.created', msg_id, payload, order_id, traceparent FROM i JOIN o USING (order_id)
+    RETURNING saga_id, id
 )
-SELECT coalesce(array_agg(order_id), '{}') FROM o
+SELECT saga_id, id FROM x
 """
 
 
-async def create_orders(conn: asyncpg.Connection, group: Sequence[NewOrder]) -> set[str]:
+async def create_orders(conn: asyncpg.Connection, group: Sequence[NewOrder]) -> dict[str, int]:
     """Orders, sagas, first history records, counts and `orders.created`, in one statement
-    (one implicit transaction). Returns the ids created; an order whose id or idempotency
-    key exists already is not. Ids and keys must be distinct within the group."""
-    created: list[str] = await conn.fetchval(
+    (one implicit transaction). Returns the ids of the orders created, each with the id of
+    its outbox row; an order whose id or idempotency key exists already is not created. Ids
+    and keys must be distinct within the group."""
+    rows = await conn.fetch(
         _CREATE,
         [n.order.order_id for n in group],
         [n.order.customer_id for n in group],
@@ -101,7 +104,7 @@ async def create_orders(conn: asyncpg.Connection, group: Sequence[NewOrder]) -> 
         [n.created.traceparent for n in group],
         random.randrange(COUNT_SLOTS),
     )
-    return set(created)
+    return {order_id: outbox_id for order_id, outbox_id in rows}
 
 
 async def find_existing(
@@ -115,6 +118,29 @@ async def find_existing(
         order_id, key,
     )  # fmt: skip
     return None if row is None else ExistingOrder(*row.values())
+
+
+_CLAIM_AND_LOCK = f"""
+WITH claimed AS ({inbox.CLAIM}),
+locked AS (
+    SELECT order_id, state, steps FROM sagas WHERE order_id = ANY($3::text[])
+    ORDER BY order_id FOR UPDATE
+)
+SELECT msg_key, NULL AS order_id, NULL::bytea AS state, NULL::int AS steps FROM claimed
+UNION ALL
+SELECT NULL, order_id, state, steps FROM locked
+"""
+
+
+async def claim_and_lock(
+    conn: asyncpg.Connection, consumer: str, keys: Sequence[str], order_ids: Sequence[str]
+) -> tuple[set[str], dict[str, LockedSaga]]:
+    """Claim inbox keys and lock sagas in one round trip: the keys not claimed before, and
+    the sagas (in order-id order, so concurrent batches never deadlock)."""
+    rows = await conn.fetch(_CLAIM_AND_LOCK, consumer, list(keys), sorted(set(order_ids)))
+    fresh = {r[0] for r in rows if r[0] is not None}
+    locked = {r[1]: LockedSaga(_saga_decoder.decode(r[2]), r[3]) for r in rows if r[1] is not None}
+    return fresh, locked
 
 
 async def lock_sagas(conn: asyncpg.Connection, order_ids: Sequence[str]) -> dict[str, LockedSaga]:
@@ -135,38 +161,45 @@ async def lock_due_sagas(conn: asyncpg.Connection, now: float, limit: int) -> di
     return {r["order_id"]: LockedSaga(_saga_decoder.decode(r["state"]), r["steps"]) for r in rows}
 
 
-_SAVE_SAGAS = """
-UPDATE sagas SET status = u.status, state = u.state, deadline = u.deadline, steps = u.steps,
-    ended_at = CASE WHEN u.terminal THEN $7 ELSE sagas.ended_at END,
-    compensating_at = CASE WHEN u.status = 'COMPENSATING' AND sagas.compensating_at IS NULL
-                           THEN $7 ELSE sagas.compensating_at END,
-    updated_at = $7
-FROM unnest($1::text[], $2::text[], $3::bytea[], $4::timestamptz[], $5::int[], $6::bool[])
-     AS u(order_id, status, state, deadline, steps, terminal)
-WHERE sagas.order_id = u.order_id
-"""
-_SAVE_HISTORY = """
-INSERT INTO saga_history (order_id, seq, at, saga_status, event, detail)
-SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::text[], $5::text[], $6::text[])
-"""
-_END_ORDERS = """
-WITH e AS (
-    UPDATE orders SET status = u.status, updated_at = $3
-    FROM unnest($1::text[], $2::text[]) AS u(order_id, status)
-    WHERE orders.order_id = u.order_id AND orders.status = 'PENDING'
+_SAVE = f"""
+WITH s AS (
+    UPDATE sagas SET status = u.status, state = u.state, deadline = u.deadline, steps = u.steps,
+        ended_at = CASE WHEN u.terminal THEN $7 ELSE sagas.ended_at END,
+        compensating_at = CASE WHEN u.status = 'COMPENSATING' AND sagas.compensating_at IS NULL
+                               THEN $7 ELSE sagas.compensating_at END,
+        updated_at = $7
+    FROM unnest($1::text[], $2::text[], $3::bytea[], $4::timestamptz[], $5::int[], $6::bool[])
+         AS u(order_id, status, state, deadline, steps, terminal)
+    WHERE sagas.order_id = u.order_id
+), h AS (
+    INSERT INTO saga_history (order_id, seq, at, saga_status, event, detail)
+    SELECT * FROM unnest($8::text[], $9::int[], $10::timestamptz[], $11::text[], $12::text[],
+                         $13::text[])
+), e AS (
+    UPDATE orders SET status = x.status, updated_at = $7
+    FROM unnest($14::text[], $15::text[]) AS x(order_id, status)
+    WHERE orders.order_id = x.order_id AND orders.status = 'PENDING'
     RETURNING orders.status
-), d AS (SELECT status, count(*) AS k FROM e GROUP BY status
-         UNION ALL SELECT 'PENDING', -count(*) FROM e)
-INSERT INTO order_status_counts (status, slot, n) SELECT status, $4, k FROM d WHERE k <> 0
-ON CONFLICT (status, slot) DO UPDATE SET n = order_status_counts.n + excluded.n
+), d AS (
+    SELECT status, count(*) AS k FROM e GROUP BY status
+    UNION ALL SELECT 'PENDING', -count(*) FROM e
+), n AS (
+    INSERT INTO order_status_counts (status, slot, n) SELECT status, $16, k FROM d WHERE k <> 0
+    ON CONFLICT (status, slot) DO UPDATE SET n = order_status_counts.n + excluded.n
+), o AS ({outbox.insert_statement(17)})
+SELECT coalesce(array_agg(id), '{{}}') FROM o
 """
 
 
 async def save(
-    conn: asyncpg.Connection, changes: Sequence[tuple[LockedSaga, Decision]], now: float
+    conn: asyncpg.Connection,
+    changes: Sequence[tuple[LockedSaga, Decision]],
+    now: float,
+    out: Sequence[Outgoing] = (),
 ) -> None:
-    """Write the new states, their history records and the ends of orders."""
-    if not changes:
+    """Write the new states, their history records, the ends of orders and the outgoing
+    messages, in one statement."""
+    if not changes and not out:
         return
     at = ts(now)
     ids, statuses, states, deadlines, steps, terminal = [], [], [], [], [], []
@@ -190,11 +223,14 @@ async def save(
         if saga.status in TERMINAL and locked.saga.status not in TERMINAL:
             ended_ids.append(saga.order_id)
             ended_status.append(ORDER_STATUS[saga.status])
-    await conn.execute(_SAVE_SAGAS, ids, statuses, states, deadlines, steps, terminal, at)
-    if h_ids:
-        await conn.execute(_SAVE_HISTORY, h_ids, h_seq, h_at, h_status, h_event, h_detail)
-    if ended_ids:
-        await conn.execute(_END_ORDERS, ended_ids, ended_status, at, random.randrange(COUNT_SLOTS))
+    outbox_ids = await conn.fetchval(
+        _SAVE,
+        *(ids, statuses, states, deadlines, steps, terminal, at),
+        *(h_ids, h_seq, h_at, h_status, h_event, h_detail),
+        *(ended_ids, ended_status, random.randrange(COUNT_SLOTS)),
+        *outbox.insert_args(out),
+    )
+    outbox.stage(outbox_ids, out)
 
 
 # --- reads for the HTTP API ----------------------------------------------------------

@@ -36,8 +36,15 @@ MAX_ROUNDS = 4
 
 
 class PaymentHandler:
-    def __init__(self, pool: asyncpg.Pool, gateway: PaymentGateway, concurrency: int = 32) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        gateway: PaymentGateway,
+        concurrency: int = 32,
+        transaction: outbox.Transaction | None = None,
+    ) -> None:
         self._pool, self._gw = pool, gateway
+        self._transaction = transaction or outbox.unstaged(pool)
         self._limit = asyncio.Semaphore(concurrency)
         self._busy = 0
         self._idle = asyncio.Event()
@@ -82,7 +89,7 @@ class PaymentHandler:
         return duplicates
 
     async def _round(self, deliveries: list[Delivery], earlier: set[str]) -> tuple[list[Work], int]:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             done = await store.seen(conn, CONSUMER, [d.key for d in deliveries])
             fresh = [d for d in deliveries if d.key not in done]
             await store.open_payments(conn, [rules.opening(rounds.command(d)) for d in fresh])
@@ -137,7 +144,7 @@ class PaymentHandler:
         how many commands turned out to be duplicates."""
         if not works:
             return 0
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             applied = await store.apply(conn, rounds.changes(works))
             changed, answering = rounds.written(works, applied)
             claimed = await inbox.claim(conn, CONSUMER, [w.delivery for w in answering])

@@ -130,6 +130,62 @@ async def test_relay_publishes_with_message_ids_and_a_republish_is_dropped(
     assert await relay.publish_batch() == 0
 
 
+async def test_relay_publishes_a_committed_transactions_rows_from_memory(
+    bus: NATS, pool: asyncpg.Pool
+) -> None:
+    relay = outbox.OutboxRelay(pool, bus.jetstream())
+    first, second = outbox.outgoing(created("hot-1")), outbox.outgoing(created("hot-2"))
+    async with relay.transaction() as conn:
+        await outbox.enqueue(conn, [first])
+        await outbox.enqueue(conn, [second])
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 2  # committed, not yet sent
+
+    assert await relay.publish_ready() == 2  # no read of the table: from what was staged
+    assert (await bus.jsm().stream_info("ORDERS")).state.messages == 2
+    await relay.flush()  # deletes the published rows
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    assert (await bus.jsm().stream_info("ORDERS")).state.messages == 2
+    assert await relay.publish_ready() == 0
+
+
+async def test_relay_stages_nothing_for_a_rolled_back_transaction(
+    bus: NATS, pool: asyncpg.Pool
+) -> None:
+    relay = outbox.OutboxRelay(pool, bus.jetstream())
+    with pytest.raises(RuntimeError):
+        async with relay.transaction() as conn:
+            await outbox.enqueue(conn, [outbox.outgoing(created("never"))])
+            raise RuntimeError("crash before commit")
+    assert await relay.publish_ready() == 0
+    await relay.flush()
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    assert (await bus.jsm().stream_info("ORDERS")).state.messages == 0
+
+
+async def test_rows_whose_publish_from_memory_failed_wait_for_the_backstop_poll(
+    make_nats: Callable[[], NatsServer], pool: asyncpg.Pool
+) -> None:
+    server = make_nats()
+    await setup.apply(config.Settings(nats_url=server.url), out=lambda _: None)
+    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    relay = outbox.OutboxRelay(pool, nc.jetstream(timeout=0.5))
+    server.stop()
+    async with relay.transaction() as conn:
+        await outbox.enqueue(conn, [outbox.outgoing(created("kept"))])
+    with pytest.raises((nats.errors.Error, TimeoutError)):
+        await relay.publish_ready()
+    assert await relay.publish_ready() == 0  # given up from memory...
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 1  # ...but kept in the table
+    assert await relay.publish_batch(min_age_s=3600) == 0  # the poll takes only stale rows
+    server.start()
+    await wait_until(relay.publish_batch, timeout=15, ignore=(nats.errors.Error, TimeoutError),
+                     message="published by the poll after NATS came back")  # fmt: skip
+    assert (await nc.jsm().stream_info("ORDERS")).state.messages == 1
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    await nc.close()
+    server.stop()
+
+
 async def test_outbox_rows_of_a_rolled_back_transaction_are_never_published(
     bus: NATS, pool: asyncpg.Pool
 ) -> None:

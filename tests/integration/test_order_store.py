@@ -49,9 +49,12 @@ async def test_a_group_writes_order_saga_history_count_and_outbox_together(
         counts = await store.saga_stats(conn, 300)
         outbox_rows = await conn.fetch("SELECT subject, msg_id, saga_id FROM outbox")
         view = await store.get_order(conn, group[0].order.order_id)
-    assert created == {n.order.order_id for n in group}
+    assert set(created) == {n.order.order_id for n in group}
     assert counts.status_counts == {"PENDING": 5} and counts.in_flight == 5
     assert sorted(r["saga_id"] for r in outbox_rows) == sorted(created)
+    assert sorted(created.values()) == sorted(
+        await pool.fetchval("SELECT array_agg(id) FROM outbox")
+    )
     assert {r["subject"] for r in outbox_rows} == {"orders.created"}
     assert view is not None and view.saga_status == "STARTED" and len(view.history) == 1
 
@@ -59,13 +62,13 @@ async def test_a_group_writes_order_saga_history_count_and_outbox_together(
 async def test_an_existing_id_or_key_is_not_created_again(pool: asyncpg.Pool) -> None:
     first = new_order(key="k-1")
     async with pool.acquire() as conn:
-        assert await store.create_orders(conn, [first]) == {first.order.order_id}
+        assert set(await store.create_orders(conn, [first])) == {first.order.order_id}
         again = await store.create_orders(
             conn, [new_order(first.order.order_id), new_order(key="k-1")]
         )
         existing = await store.find_existing(conn, str(uuid.uuid4()), "k-1")
         outbox_count = await conn.fetchval("SELECT count(*) FROM outbox")
-    assert again == set()
+    assert again == {}
     assert existing is not None and existing.order_id == first.order.order_id
     assert outbox_count == 1
 
