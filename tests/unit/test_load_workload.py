@@ -12,7 +12,9 @@ from jetsaga.load.workload import (
     OUT_OF_STOCK,
     PAYMENT_DECLINED,
     PAYMENT_OK,
+    OrderBody,
     Workload,
+    uuid4_str,
 )
 
 
@@ -31,6 +33,21 @@ def test_order_body_has_the_fields_of_the_order_api() -> None:
         assert item["productId"] in workload.product_ids
         assert 1 <= item["quantity"] <= MAX_QUANTITY
         assert item["unitPrice"] > 0
+
+
+def test_the_body_is_what_msgspec_makes_of_the_order_byte_for_byte() -> None:
+    workload = Workload("r2", products=4)
+    for i, kind in enumerate([*Kind] * 20):
+        body = workload.build(i, kind).body
+        assert msgspec.json.encode(msgspec.json.decode(body, type=OrderBody)) == body
+
+
+def test_order_ids_are_distinct_version_4_uuids() -> None:
+    ids = [uuid4_str() for _ in range(5_000)]
+    assert len(set(ids)) == len(ids)
+    for order_id in ids:
+        parsed = uuid.UUID(order_id)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, order_id)
 
 
 def test_products_and_customers_are_unique_to_the_run() -> None:
