@@ -102,11 +102,12 @@ async def execute(
         info.notes.append(f"{watcher.undecodable} undecodable final events on NATS")
     if orders is not None:
         orders.update(tracker.accepted_outcomes())
+    send_lag = tracker.send_lag.histogram()
     stats = report.SenderStats(
         connections=connections, in_flight_cap=opts.max_in_flight, cap_hits=send.cap_hits,
         max_in_flight=tracker.max_in_flight,
-        lag_p99_ms=tracker.send_lag.get_value_at_percentile(99) / 1000.0,
-        lag_max_ms=tracker.send_lag.get_max_value() / 1000.0,
+        lag_p99_ms=send_lag.get_value_at_percentile(99) / 1000.0,
+        lag_max_ms=send_lag.get_max_value() / 1000.0,
     )  # fmt: skip
     return report.build(info, tracker, stats, checked)
 

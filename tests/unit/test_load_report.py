@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import random
+
 import msgspec
 import pytest
 
 from jetsaga.load.arrivals import Kind
-from jetsaga.load.figures import nearest_rank
+from jetsaga.load.figures import latency_of, nearest_rank
 from jetsaga.load.report import Report, RunInfo, SenderStats, build, to_json
 from jetsaga.load.stock import StockCheck
-from jetsaga.load.tracker import Outcome, Post, Tracker
+from jetsaga.load.tracker import Latencies, Outcome, Post, Tracker, new_histogram
 from jetsaga.load.workload import Order
 
 MS = 1_000_000
@@ -73,6 +75,27 @@ def test_latency_counts_the_wait_of_a_late_send() -> None:
     report = build(INFO, tracker, SENDER, STOCK_OK)
     assert report.latency.max == pytest.approx(305, rel=1e-3)
     assert report.latency_from_send.max == pytest.approx(5, rel=1e-3)
+
+
+def test_latencies_counted_per_bucket_give_the_histogram_of_every_value() -> None:
+    rng = random.Random(7)
+    latencies, direct = Latencies(), new_histogram()
+    for _ in range(20_000):
+        ns = int(rng.lognormvariate(16, 2))  # from microseconds to minutes
+        latencies.record(ns)
+        direct.record_value(max(ns // 1_000, 1))
+    assert latency_of(latencies.histogram()) == latency_of(direct)
+
+
+def test_open_orders_are_the_accepted_ones_not_yet_final_oldest_first() -> None:
+    tracker = Tracker(6, START)
+    ids = [send(tracker, i) for i in range(5)]
+    send(tracker, 5, answer=503)  # ambiguous: not open until found on the server
+    tracker.on_final(ids[1], Outcome.CONFIRMED, START + 50 * MS, "nats")
+    assert tracker.open_orders() == [0, 2, 3, 4] and tracker.unresolved == 4
+    assert tracker.open_orders(accepted_before_ns=START + 25 * MS) == [0, 2]
+    tracker.on_found(5)
+    assert tracker.open_orders() == [0, 2, 3, 4, 5]
 
 
 def test_accepted_orders_never_seen_final_are_lost_and_fail_the_run() -> None:
