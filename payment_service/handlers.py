@@ -1,11 +1,13 @@
 """The `payment-service` handler: a batch of `ProcessPayment` and `RefundPayment` commands.
 
-A round takes the first command of each order in the batch through at most three
-transactions, with no transaction open during a gateway call:
-1. find commands already applied (inbox), create missing rows, read every row, and answer
-   each command applied before again, from its row (its first answer may have been lost);
-2. (only if some order needs a charge) after creating intents concurrently, record them,
-   compare-and-set, so that no intent is ever confirmed before our row names it;
+A round takes the first command of each order in the batch through three steps, with no
+transaction open during a gateway call:
+1. create missing rows and find commands already applied (inbox) in one statement, read
+   every row in a second, and answer each command applied before again, from its row (its
+   first answer may have been lost), in a transaction only when there are such commands;
+2. (only if some order needs a charge) after creating intents concurrently, record them in
+   one statement, compare-and-set, so that no intent is ever confirmed before our row
+   names it;
 3. after the gateway calls (concurrent, bounded), write the changes (compare-and-set on the
    version read), claim the inbox keys and enqueue the answers, all in one commit.
 A row that changed under a command sends that command to another round, decided afresh.
@@ -89,21 +91,30 @@ class PaymentHandler:
         return duplicates
 
     async def _round(self, deliveries: list[Delivery], earlier: set[str]) -> tuple[list[Work], int]:
-        async with self._transaction() as conn:
-            done = await store.seen(conn, CONSUMER, [d.key for d in deliveries])
+        # No transaction: each statement stands alone (rows change under us only through
+        # compare-and-set on their version, which every writer checks).
+        async with self._pool.acquire() as conn:
+            # A command applied before has its row already: opening it again does nothing.
+            done = await store.open_payments(
+                conn,
+                [rules.opening(rounds.command(d)) for d in deliveries],
+                CONSUMER,
+                [d.key for d in deliveries],
+            )
             fresh = [d for d in deliveries if d.key not in done]
-            await store.open_payments(conn, [rules.opening(rounds.command(d)) for d in fresh])
-            # Duplicates' rows come in the same statement: no cost when there are none.
+            # A statement of its own, to see rows a concurrent batch opened meanwhile.
             rows = await store.load(conn, [d.message.order_id for d in deliveries])
-            again = []
-            if len(fresh) < len(deliveries):
-                duplicates = [d for d in deliveries if d.key in done and d.key not in earlier]
-                again = rounds.reanswers(duplicates, rows)
-                # A re-answer has the first answer's Nats-Msg-Id (its subject and orderId), so
-                # JetStream drops it inside its duplicate window and stores it after.
-                await outbox.enqueue(
-                    conn, [outbox.outgoing(a, d.msg_id, d.traceparent) for d, a in again]
-                )
+        again = []
+        if len(fresh) < len(deliveries):
+            duplicates = [d for d in deliveries if d.key in done and d.key not in earlier]
+            again = rounds.reanswers(duplicates, rows)
+            # A re-answer has the first answer's Nats-Msg-Id (its subject and orderId), so
+            # JetStream drops it inside its duplicate window and stores it after.
+            if again:
+                async with self._transaction() as conn:
+                    await outbox.enqueue(
+                        conn, [outbox.outgoing(a, d.msg_id, d.traceparent) for d, a in again]
+                    )
         for delivery, _ in again:
             log.info("duplicate answered again", extra=_fields(delivery, "re-answered"))
         works = [Work(d, rows[d.message.order_id]) for d in fresh]
@@ -123,7 +134,7 @@ class PaymentHandler:
         )
         if not made:
             return
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn:  # one statement: no transaction needed
             recorded = await store.record_intents(
                 conn, [(w.row.order_id, w.row.version, i.id) for w, i in made]
             )

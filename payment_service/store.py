@@ -65,30 +65,25 @@ def _rows(records: Sequence[asyncpg.Record]) -> dict[str, Payment]:
     return {r["order_id"]: Payment(**dict(r)) for r in records}
 
 
-async def seen(conn: asyncpg.Connection, consumer: str, keys: Sequence[str]) -> set[str]:
-    """Which inbox keys were already applied (written by `jetsaga.inbox.claim`)."""
+async def open_payments(
+    conn: asyncpg.Connection, openings: Sequence[Opening], consumer: str, keys: Sequence[str]
+) -> set[str]:
+    """Create the rows that do not exist yet (an existing row is left as it is) and, in the
+    same statement, read which inbox keys the consumer applied before (`seen`)."""
     rows = await conn.fetch(
-        "SELECT msg_key FROM processed_messages WHERE consumer = $1 AND msg_key = ANY($2::text[])",
-        consumer,
-        list(keys),
-    )
-    return {r["msg_key"] for r in rows}
-
-
-async def open_payments(conn: asyncpg.Connection, openings: Sequence[Opening]) -> None:
-    """Create the rows that do not exist yet; an existing row is left as it is."""
-    if not openings:
-        return
-    await conn.execute(
-        "INSERT INTO payments (order_id, status, amount, currency, payment_method)"
+        "WITH opened AS (INSERT INTO payments (order_id, status, amount, currency, payment_method)"
         " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])"
-        " ORDER BY 1 ON CONFLICT (order_id) DO NOTHING",
+        " ORDER BY 1 ON CONFLICT (order_id) DO NOTHING)"
+        " SELECT msg_key FROM processed_messages WHERE consumer = $6 AND msg_key = ANY($7::text[])",
         [o.order_id for o in openings],
         [o.status for o in openings],
         [o.amount for o in openings],
         [o.currency for o in openings],
         [o.payment_method for o in openings],
+        consumer,
+        list(keys),
     )
+    return {r["msg_key"] for r in rows}
 
 
 async def load(
