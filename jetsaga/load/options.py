@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -32,6 +33,8 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("--rate and --duration must be positive")
         if self.products < 1 or self.max_in_flight < 1 or self.settle_timeout < 0:
             raise ValueError("--products and --max-in-flight must be >= 1, --settle-timeout >= 0")
+        if urlsplit(self.url).scheme != "http":
+            raise ValueError("--url must be http://host:port: orders are sent in plain HTTP/1.1")
 
 
 def from_args(args: argparse.Namespace) -> Options:

@@ -49,7 +49,7 @@ async def execute(
         decline_ratio=opts.decline_ratio, out_of_stock_ratio=opts.out_of_stock_ratio,
         status_source="polling",
     )  # fmt: skip
-    async with sender.open_session(connections) as posts, sender.open_session(64) as gets:
+    async with sender.open_session(64) as gets:
         await stock.set_stock(gets, opts.inventory_url, levels)
         tracker = Tracker(count, 0)
         watcher = watch.Watcher(tracker)
@@ -61,7 +61,7 @@ async def execute(
                 "statuses polled with GET /orders/{id}, final time from updatedAt"
             )
         poller = watch.Poller(gets, opts.url, tracker, _POLL_CONCURRENCY)
-        send = sender.Sender(posts, opts.url, tracker, workload, opts.max_in_flight)
+        send = sender.Sender(opts.url, connections, tracker, workload, opts.max_in_flight)
         live = LiveProgress(tracker, console) if opts.progress else None
         drawing = asyncio.create_task(live.run()) if live else None
         tracker.start_ns = time.monotonic_ns() + _LEAD_NS
@@ -81,6 +81,7 @@ async def execute(
             await send.drain(0)
             await poller.check(tracker.open_orders())  # a last look before calling any lost
         finally:
+            send.close()
             reconciling.cancel()
             if drawing:
                 drawing.cancel()
