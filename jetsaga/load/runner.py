@@ -18,6 +18,7 @@ from typing import Final
 import uvloop
 from rich.console import Console
 
+from jetsaga import gcpolicy
 from jetsaga.load import arrivals, chart, render, report, sender, settle, stock, watch
 from jetsaga.load.options import Options, from_args
 from jetsaga.load.progress import LiveProgress
@@ -129,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         opts = from_args(args)
         opts.validate()
+        gcpolicy.tune()  # the tracker holds objects for every order: keep full collections rare
         result = uvloop.run(execute(opts, console))
     except (ValueError, stock.StockError) as exc:
         print(f"jetsaga load: {exc}", file=sys.stderr)
