@@ -113,26 +113,31 @@ class Handlers:
         """orders.created: reserve every item of each order, or none of them."""
         expires_at = self._clock() + self._ttl
         async with self._transaction() as conn:
-            fresh = await inbox.claim(conn, RESERVE, batch)
+            everything = _typed(batch, OrderCreated)
+            claimed, locked = await store.claim_and_lock_for_reserve(
+                conn,
+                RESERVE,
+                [d.key for d in batch],
+                [item.product_id for order in everything for item in order.items],
+                [order.order_id for order in everything],
+            )
+            fresh = inbox.first_fresh(batch, claimed)
             again = applied_before(batch, fresh)
             await answer_again(conn, RESERVE, again, OrderCreated, reanswers.reserve)
             if not fresh:
                 return len(batch)
             orders = _typed(fresh, OrderCreated)
-            locked = await store.lock_for_reserve(
-                conn,
-                [item.product_id for order in orders for item in order.items],
-                [order.order_id for order in orders],
-            )
             plan = rules.plan_reserve(orders, locked.available, locked.orders_with_rows, expires_at)
+            out = emitted(fresh, plan, durable=RESERVE)
             if plan.opened:
                 try:
-                    await store.open_reservations(conn, plan.deltas, plan.opened)
+                    await store.open_reservations(conn, plan.deltas, plan.opened, out)
                 except store.Conflict as exc:
                     # A release got there first (its tombstone): run the batch again, and
                     # this time the order is seen before.
                     raise TransientError(str(exc)) from exc
-            await outbox.enqueue(conn, emitted(fresh, plan, durable=RESERVE))
+            else:
+                await outbox.enqueue(conn, out)
         return len(batch) - len(fresh)
 
     async def release(self, batch: Sequence[Delivery]) -> int:

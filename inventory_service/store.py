@@ -18,6 +18,7 @@ import asyncpg
 import msgspec
 
 from inventory_service.domain import Delta, Reservation
+from jetsaga import inbox, outbox
 
 
 class Conflict(Exception):
@@ -55,22 +56,33 @@ async def set_available(conn: asyncpg.Connection, product_id: str, available: in
     return StockLevel(**dict(row))
 
 
-async def lock_for_reserve(
-    conn: asyncpg.Connection, product_ids: Sequence[str], order_ids: Sequence[str]
-) -> Locked:
-    """Lock the products of a batch of new orders, and find the orders already seen."""
+_CLAIM_AND_LOCK = f"""
+WITH claimed AS ({inbox.CLAIM}),
+locked AS (
+    SELECT product_id, available FROM stock WHERE product_id = ANY($3::text[])
+    ORDER BY product_id FOR UPDATE
+)
+SELECT msg_key AS id, 0 AS available, 'key' AS kind FROM claimed
+UNION ALL SELECT product_id, available, 'product' FROM locked
+UNION ALL SELECT order_id, 0, 'order' FROM reservations WHERE order_id = ANY($4::text[])
+"""
+
+
+async def claim_and_lock_for_reserve(
+    conn: asyncpg.Connection,
+    consumer: str,
+    keys: Sequence[str],
+    product_ids: Sequence[str],
+    order_ids: Sequence[str],
+) -> tuple[set[str], Locked]:
+    """In one round trip: claim inbox keys (returns those not claimed before), lock the
+    products of a batch of new orders, and find the orders that have a reservation row."""
     rows = await conn.fetch(
-        "WITH locked AS (SELECT product_id, available FROM stock"
-        "  WHERE product_id = ANY($1::text[]) ORDER BY product_id FOR UPDATE)"
-        " SELECT product_id AS id, available, false AS is_order FROM locked"
-        " UNION ALL"
-        " SELECT order_id, 0, true FROM reservations WHERE order_id = ANY($2::text[])",
-        sorted(set(product_ids)),
-        list(order_ids),
+        _CLAIM_AND_LOCK, consumer, list(keys), sorted(set(product_ids)), list(order_ids)
     )
-    return Locked(
-        available={r["id"]: r["available"] for r in rows if not r["is_order"]},
-        orders_with_rows=frozenset(r["id"] for r in rows if r["is_order"]),
+    return {r["id"] for r in rows if r["kind"] == "key"}, Locked(
+        available={r["id"]: r["available"] for r in rows if r["kind"] == "product"},
+        orders_with_rows=frozenset(r["id"] for r in rows if r["kind"] == "order"),
     )
 
 
@@ -104,18 +116,24 @@ def _delta_args(deltas: Sequence[Delta]) -> tuple[list[str], list[int], list[int
 
 
 async def open_reservations(
-    conn: asyncpg.Connection, deltas: Sequence[Delta], opened: Sequence[Reservation]
+    conn: asyncpg.Connection,
+    deltas: Sequence[Delta],
+    opened: Sequence[Reservation],
+    out: Sequence[outbox.Outgoing] = (),
 ) -> None:
-    """Write stock changes, the new reservations and their items in one statement."""
+    """Write stock changes, the new reservations, their items and the outgoing messages in
+    one statement."""
     lines = [(r.order_id, p, q) for r in opened for p, q in r.items.items()]
     try:
-        await conn.execute(
+        outbox_ids = await conn.fetchval(
             f"WITH {_MOVE}, opened AS (INSERT INTO reservations"
             "  (order_id, reservation_id, status, expires_at)"
             "  SELECT o, r, 'reserved', e FROM unnest($5::text[], $6::uuid[], $7::timestamptz[])"
-            "  AS n (o, r, e))"
-            " INSERT INTO reservation_items (order_id, product_id, quantity)"
-            " SELECT * FROM unnest($8::text[], $9::text[], $10::bigint[])",
+            "  AS n (o, r, e)),"
+            " items AS (INSERT INTO reservation_items (order_id, product_id, quantity)"
+            "  SELECT * FROM unnest($8::text[], $9::text[], $10::bigint[])),"
+            f" o AS ({outbox.insert_statement(11)})"
+            " SELECT coalesce(array_agg(id), '{}') FROM o",
             *_delta_args(deltas),
             [r.order_id for r in opened],
             [r.reservation_id for r in opened],
@@ -123,11 +141,13 @@ async def open_reservations(
             [line[0] for line in lines],
             [line[1] for line in lines],
             [line[2] for line in lines],
+            *outbox.insert_args(out),
         )
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name != "reservations_pkey":
             raise
         raise Conflict(f"a reservation row appeared meanwhile: {exc.detail}") from exc
+    outbox.stage(outbox_ids, out)
 
 
 async def insert_tombstones(
