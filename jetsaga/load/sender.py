@@ -1,5 +1,5 @@
-"""Open-loop sending of `POST /orders`: each order written at its due time, each answer
-taken by a callback (see `postclient` for why not aiohttp here).
+"""Open-loop sending of `POST /orders`: each order written at its due time from a timer
+callback, each answer taken by a callback (see `postclient` for why not aiohttp here).
 
 Responses never gate the next send; only a large cap on requests in flight can, and each
 time the cap holds the sender back it is counted and reported.
@@ -7,7 +7,6 @@ time the cap holds the sender back it is counted and reported.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import resource
 import time
@@ -16,7 +15,7 @@ from typing import Final
 
 import aiohttp
 
-from jetsaga.load.arrivals import Kind, pace
+from jetsaga.load.arrivals import Kind, Pacer
 from jetsaga.load.postclient import CONNECT, PostClient, Result
 from jetsaga.load.tracker import Post, Tracker
 from jetsaga.load.workload import Workload
@@ -76,26 +75,30 @@ class Sender:
         self._workload = workload
         self.max_in_flight = max_in_flight
         self.cap_hits = 0
-        self._room = asyncio.Event()
-        self._room.set()
+        self._kind_for: Callable[[int], Kind] = lambda _: Kind.OK
+        self._pacer: Pacer | None = None
 
     async def run(self, rate: float, kind_for: Callable[[int], Kind]) -> None:
         """Send every order of the run at its due time; returns when the last one is sent."""
-        tracker, build, post = self._tracker, self._workload.build, self._client.post
-        async for i, due_ns in pace(tracker.start_ns, tracker.count, rate):
-            if tracker.in_flight >= self.max_in_flight:
-                self.cap_hits += 1
-                self._room.clear()
-                await self._room.wait()
-            kind = kind_for(i)
-            order = build(i, kind)
-            tracker.on_send(i, order, kind, due_ns, time.monotonic_ns())
-            post(i, order.body)
+        self._kind_for = kind_for
+        self._pacer = Pacer(self._tracker.start_ns, self._tracker.count, rate, self._send)
+        await self._pacer.run()
+
+    def _send(self, i: int, due_ns: int) -> bool:
+        tracker = self._tracker
+        if tracker.in_flight >= self.max_in_flight:
+            self.cap_hits += 1  # held back until an answer makes room
+            return False
+        kind = self._kind_for(i)
+        order = self._workload.build(i, kind)
+        tracker.on_send(i, order, kind, due_ns, time.monotonic_ns())
+        self._client.post(i, order.body)
+        return True
 
     def _answer(self, i: int, result: Result) -> None:
         self._tracker.on_answer(i, outcome_of(result), time.monotonic_ns(), result)
-        if self._tracker.in_flight < self.max_in_flight:
-            self._room.set()
+        if self._pacer is not None and self._tracker.in_flight < self.max_in_flight:
+            self._pacer.resume()
 
     async def drain(self, timeout_s: float) -> None:
         """Wait for the POSTs still in flight; give up on those that outlast `timeout_s`."""
