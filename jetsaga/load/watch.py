@@ -1,9 +1,8 @@
 """How the runner learns that an order went final.
 
 Pushed: a core NATS subscription to `orders.confirmed|cancelled|failed`, opened before the
-first send (with `natsub`: nats-py cost too much per message). Pulled: `GET /orders/{id}`
-with bounded concurrency, for stragglers, for POSTs whose answer was ambiguous, and for
-everything when NATS cannot be reached.
+first send. Pulled: `GET /orders/{id}` with bounded concurrency, for stragglers, for POSTs
+whose answer was ambiguous, and for everything when NATS cannot be reached.
 """
 
 from __future__ import annotations
@@ -16,9 +15,11 @@ from typing import Final
 
 import aiohttp
 import msgspec
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from jetsaga.contracts import ORDERS_CANCELLED, ORDERS_CONFIRMED, ORDERS_FAILED
-from jetsaga.load.natsub import Subscriber
 from jetsaga.load.tracker import OUTCOME_BY_NAME, Outcome, Post, Tracker
 
 SUBJECTS: Final = {
@@ -38,7 +39,6 @@ class _Order(msgspec.Struct, rename="camel"):
 
 
 _ended = msgspec.json.Decoder(_Ended)
-_BY_SUBJECT: Final = {subject.encode(): outcome for subject, outcome in SUBJECTS.items()}
 _order = msgspec.json.Decoder(_Order)
 
 
@@ -47,42 +47,52 @@ class Watcher:
 
     def __init__(self, tracker: Tracker) -> None:
         self._tracker = tracker
-        self._sub: Subscriber | None = None
-        self._error: str | None = None
+        self.client: NATS | None = None
         self.undecodable = 0
+        self.last_error: str | None = None
 
     @property
     def alive(self) -> bool:
-        return self._sub is not None and self._sub.alive
-
-    @property
-    def last_error(self) -> str | None:
-        return self._sub.last_error if self._sub is not None else self._error
+        return self.client is not None and self.client.is_connected
 
     async def start(self, url: str) -> bool:
-        """Subscribe before any order is sent; False (and `last_error`) if NATS is out of reach.
-        Fails fast when nobody is there (one retry, 0.1 s apart); once connected, rides out
-        a NATS restart of up to ~30 s (GETs cover the gap)."""
+        """Subscribe before any order is sent; False (and `last_error`) if NATS is out of reach."""
+
+        async def on_error(exc: Exception) -> None:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+
         try:
-            sub = Subscriber(url, list(SUBJECTS), self._on_msg)
-            await sub.connect(attempts=2, retry_s=0.1)
+            # Fail fast when nobody is there: one retry, 0.1 s apart.
+            client = await nats.connect(
+                url,
+                connect_timeout=2,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.1,
+                error_cb=on_error,
+            )
+            # Once connected, ride out a NATS restart of up to ~30 s (GETs cover the gap).
+            client.options["max_reconnect_attempts"] = 60
+            client.options["reconnect_time_wait"] = 0.5
+            for subject in SUBJECTS:
+                await client.subscribe(subject, cb=self._on_msg, pending_msgs_limit=1_000_000)
+            await client.flush()  # the server has our interest before the first order goes
         except Exception as exc:  # any failure to watch means: poll instead
-            self._error = f"{type(exc).__name__}: {exc}"
+            self.last_error = f"{type(exc).__name__}: {exc}"
             return False
-        self._sub = sub
+        self.client = client
         return True
 
-    def _on_msg(self, subject: bytes, payload: bytes) -> None:
+    async def _on_msg(self, msg: Msg) -> None:
         try:
-            order_id = _ended.decode(payload).order_id
+            order_id = _ended.decode(msg.data).order_id
         except msgspec.DecodeError:
             self.undecodable += 1
             return
-        self._tracker.on_final(order_id, _BY_SUBJECT[subject], time.monotonic_ns(), "nats")
+        self._tracker.on_final(order_id, SUBJECTS[msg.subject], time.monotonic_ns(), "nats")
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.close()
+        if self.client is not None and not self.client.is_closed:
+            await self.client.close()
 
 
 def _final_at_ns(updated_at: str | None, seen_ns: int) -> int:
