@@ -335,17 +335,18 @@ class SagaStats(msgspec.Struct, frozen=True):
 async def saga_stats(conn: asyncpg.Connection, window_s: float) -> SagaStats:
     counts = {r["status"]: int(r["n"]) for r in await conn.fetch(
         "SELECT status, sum(n) AS n FROM order_status_counts GROUP BY status")}  # fmt: skip
+    # One pass over each window's index range: at 1,000 orders/s the window holds 300,000
+    # ended sagas, and a scan per figure was a fixed cost PostgreSQL paid every refresh.
     row = await conn.fetchrow(
         "SELECT"
         " (SELECT extract(epoch FROM now() - min(started_at)) FROM sagas"
         "   WHERE status NOT IN ('COMPLETED', 'FAILED', 'COMPENSATED')) AS oldest,"
-        " (SELECT count(*) FROM sagas WHERE ended_at > now() - make_interval(secs => $1)) AS ended,"
-        " (SELECT count(*) FROM sagas WHERE ended_at > now() - make_interval(secs => $1)"
-        "   AND status = 'COMPLETED') AS completed,"
-        " (SELECT count(*) FROM sagas WHERE compensating_at > now() - make_interval(secs => $1))"
-        "   AS compensations,"
-        " (SELECT count(*) FROM sagas WHERE compensating_at > now() - make_interval(secs => $1)"
-        "   AND status = 'COMPENSATED') AS compensated",
+        " e.ended, e.completed, c.compensations, c.compensated"
+        " FROM (SELECT count(*) AS ended, count(*) FILTER (WHERE status = 'COMPLETED') AS completed"
+        "       FROM sagas WHERE ended_at > now() - make_interval(secs => $1)) AS e,"
+        "      (SELECT count(*) AS compensations,"
+        "              count(*) FILTER (WHERE status = 'COMPENSATED') AS compensated"
+        "       FROM sagas WHERE compensating_at > now() - make_interval(secs => $1)) AS c",
         window_s,
     )
     assert row is not None
