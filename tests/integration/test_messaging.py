@@ -162,13 +162,20 @@ async def test_relay_stages_nothing_for_a_rolled_back_transaction(
     assert (await bus.jsm().stream_info("ORDERS")).state.messages == 0
 
 
-async def test_rows_whose_publish_from_memory_failed_wait_for_the_backstop_poll(
+async def relay_on_own_nats(
     make_nats: Callable[[], NatsServer], pool: asyncpg.Pool
-) -> None:
+) -> tuple[NatsServer, NATS, outbox.OutboxRelay]:
+    """A relay on a nats-server of its own (to stop and start), with a short publish timeout."""
     server = make_nats()
     await setup.apply(config.Settings(nats_url=server.url), out=lambda _: None)
     nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
-    relay = outbox.OutboxRelay(pool, nc.jetstream(timeout=0.5))
+    return server, nc, outbox.OutboxRelay(pool, nc.jetstream(timeout=0.5))
+
+
+async def test_rows_whose_publish_from_memory_failed_wait_for_the_backstop_poll(
+    make_nats: Callable[[], NatsServer], pool: asyncpg.Pool
+) -> None:
+    server, nc, relay = await relay_on_own_nats(make_nats, pool)
     server.stop()
     async with relay.transaction() as conn:
         await outbox.enqueue(conn, [outbox.outgoing(created("kept"))])
@@ -199,10 +206,7 @@ async def test_outbox_rows_of_a_rolled_back_transaction_are_never_published(
 async def test_relay_keeps_rows_when_nats_is_away_and_publishes_them_later(
     make_nats: Callable[[], NatsServer], pool: asyncpg.Pool
 ) -> None:
-    server = make_nats()
-    await setup.apply(config.Settings(nats_url=server.url), out=lambda _: None)
-    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
-    relay = outbox.OutboxRelay(pool, nc.jetstream(timeout=0.5))
+    server, nc, relay = await relay_on_own_nats(make_nats, pool)
     async with pool.acquire() as conn, conn.transaction():
         await outbox.enqueue(conn, [outbox.outgoing(created("patient"))])
     server.stop()

@@ -88,6 +88,18 @@ async def read_request(reader: asyncio.StreamReader) -> None:
     await reader.readexactly(int(length))
 
 
+async def post_once(handler: Handler) -> Answers:
+    """One POST to a server that answers with `handler`; what the client said of it."""
+    server, url = await raw_server(handler)
+    answers = Answers()
+    client = PostClient(url, 1, 5.0, answers)
+    client.post(1, b"{}")
+    await client.drain(10)
+    client.close()
+    server.close()
+    return answers
+
+
 @pytest.fixture
 def closed_port() -> Iterator[int]:
     with socket.socket() as sock:
@@ -199,13 +211,7 @@ async def test_a_connection_closed_before_the_answer_is_ambiguous() -> None:
         writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 100\r\n\r\n{")  # half an answer
         writer.close()
 
-    server, url = await raw_server(hang_up)
-    answers = Answers()
-    client = PostClient(url, 1, 5.0, answers)
-    client.post(1, b"{}")
-    await client.drain(10)
-    client.close()
-    server.close()
+    answers = await post_once(hang_up)
     assert answers.by_key == {1: DISCONNECTED}
     assert outcome_of(DISCONNECTED) is Post.AMBIGUOUS
 
@@ -217,13 +223,7 @@ async def test_a_connection_reset_mid_request_is_ambiguous() -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()  # closing with linger 0 sends RST
 
-    server, url = await raw_server(reset)
-    answers = Answers()
-    client = PostClient(url, 1, 5.0, answers)
-    client.post(1, b"{}")
-    await client.drain(10)
-    client.close()
-    server.close()
+    answers = await post_once(reset)
     assert answers.by_key == {1: "ConnectionResetError"}
     assert outcome_of(answers.by_key[1]) is Post.AMBIGUOUS
 
@@ -235,13 +235,7 @@ async def test_garbage_for_an_answer_is_ambiguous() -> None:
         await reader.read()
         writer.close()
 
-    server, url = await raw_server(garbage)
-    answers = Answers()
-    client = PostClient(url, 1, 5.0, answers)
-    client.post(1, b"{}")
-    await client.drain(10)
-    client.close()
-    server.close()
+    answers = await post_once(garbage)
     assert str(answers.by_key[1]).startswith("HttpParser")
     assert outcome_of(answers.by_key[1]) is Post.AMBIGUOUS
 
