@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 RELAY_BATCH = 500
 POLL_S = 1.0  # how often the backstop looks for rows the hot path did not publish
 STALE_AFTER_S = 5.0  # a row this old was not published from memory, or failed to be
+DELETE_EVERY_S = 0.2  # published rows are deleted together, at most this late
 
 
 class Outgoing(msgspec.Struct, frozen=True):
@@ -162,6 +163,7 @@ class OutboxRelay:
         self._ready: list[tuple[float, Staged]] = []  # (commit time, rows), oldest first
         self._published: list[int] = []  # ids whose rows are still to delete
         self._poll_due = 0.0  # monotonic time of the next backstop poll
+        self._delete_due = 0.0  # monotonic time by which published rows are deleted
         self._poll_now = False  # woken: poll at once, rows of any age
 
     @asynccontextmanager
@@ -192,16 +194,21 @@ class OutboxRelay:
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
+            due = min(self._delete_due, self._poll_due) if self._published else self._poll_due
             try:
-                async with asyncio.timeout(self._poll_due - time.monotonic()):
+                async with asyncio.timeout(due - time.monotonic()):
                     await self._kick.wait()
             except TimeoutError:
                 pass
             self._kick.clear()
             try:
                 await self.publish_ready()
-                await self._delete_published()  # before the poll, which would find them
-                if self._poll_now or time.monotonic() >= self._poll_due:
+                polling = self._poll_now or time.monotonic() >= self._poll_due
+                # One delete for the rows of many commits; always before a poll, which
+                # would find them.
+                if polling or time.monotonic() >= self._delete_due:
+                    await self._delete_published()
+                if polling:
                     min_age_s = 0.0 if self._poll_now else STALE_AFTER_S
                     self._poll_now = False
                     self._poll_due = time.monotonic() + POLL_S
@@ -235,6 +242,8 @@ class OutboxRelay:
             ],
             self._timeout,
         )
+        if not self._published:
+            self._delete_due = time.monotonic() + DELETE_EVERY_S
         for _, staged in ready:
             self._published.extend(staged.ids)
         if not self._ready:
