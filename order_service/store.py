@@ -143,15 +143,6 @@ async def claim_and_lock(
     return fresh, locked
 
 
-async def lock_sagas(conn: asyncpg.Connection, order_ids: Sequence[str]) -> dict[str, LockedSaga]:
-    rows = await conn.fetch(
-        "SELECT order_id, state, steps FROM sagas WHERE order_id = ANY($1::text[])"
-        " ORDER BY order_id FOR UPDATE",
-        sorted(set(order_ids)),
-    )
-    return {r["order_id"]: LockedSaga(_saga_decoder.decode(r["state"]), r["steps"]) for r in rows}
-
-
 async def lock_due_sagas(conn: asyncpg.Connection, now: float, limit: int) -> dict[str, LockedSaga]:
     rows = await conn.fetch(
         "SELECT order_id, state, steps FROM sagas WHERE deadline <= $1"

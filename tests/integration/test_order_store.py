@@ -101,12 +101,20 @@ async def test_saved_transitions_append_history_and_end_the_order(pool: asyncpg.
     ctx = Context(now=time.time(), payment_timeout_s=60)
     for event in (reserved, failed, released):
         async with pool.acquire() as conn, conn.transaction():
-            locked = await store.lock_sagas(conn, [order_id])
-            changes, _ = handlers.decide(locked, [(event, "m", None)], ctx)
-            await store.save(conn, changes, ctx.now)
+            key = contracts.message_id(contracts.subject_of(event), order_id)
+            claimed, locked = await store.claim_and_lock(conn, "test", [key, key], [order_id])
+            assert claimed == {key}
+            changes, out = handlers.decide(locked, [(event, "m", None)], ctx)
+            await store.save(conn, changes, ctx.now, out)
     async with pool.acquire() as conn:
         view = await store.get_order(conn, order_id)
         stats = await store.saga_stats(conn, 300)
+        rows = await conn.fetch("SELECT subject FROM outbox ORDER BY id")
+    subjects = [r["subject"] for r in rows]
+    assert subjects == [
+        "orders.created", "payments.process_request", "inventory.release_request",
+        "orders.cancelled",
+    ]  # fmt: skip
     assert view is not None and view.status == "CANCELLED" and view.saga_status == "COMPENSATED"
     assert [h.saga_status for h in view.history] == [
         "STARTED", "INVENTORY_RESERVED", "PAYMENT_PROCESSING", "COMPENSATING", "COMPENSATING",
