@@ -29,9 +29,11 @@ SWEEP_BATCH = 500
 PRUNE_EVERY_S = 3600.0
 
 
-async def expire_due(pool: asyncpg.Pool, now: datetime, limit: int = SWEEP_BATCH) -> int:
+async def expire_due(
+    transaction: outbox.Transaction, now: datetime, limit: int = SWEEP_BATCH
+) -> int:
     """Release up to `limit` reservations expired at `now`; returns how many."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with transaction() as conn:
         due = await store.lock_due(conn, now, limit)
         if not due:
             return 0
@@ -48,12 +50,12 @@ class Expiry:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        wake: Callable[[], None],
+        transaction: outbox.Transaction,
         interval_s: float,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._pool = pool
-        self._wake = wake
+        self._transaction = transaction  # the relay's: released events go out on commit
         self._interval_s = interval_s
         self._clock = clock
         self._pruned_at = time.monotonic()
@@ -62,10 +64,8 @@ class Expiry:
         """Release every reservation due now, batch by batch; returns how many."""
         total = 0
         while True:
-            count = await expire_due(self._pool, self._clock())
+            count = await expire_due(self._transaction, self._clock())
             total += count
-            if count:
-                self._wake()
             if count < SWEEP_BATCH:
                 return total
 

@@ -21,7 +21,7 @@ async def wire(runtime: Runtime) -> Parts:
     handlers = Handlers(
         runtime.pool, settings.reservation_ttl_s, transaction=runtime.relay.transaction
     )
-    expiry = Expiry(runtime.pool, runtime.relay.wake, settings.sweep_interval_s)
+    expiry = Expiry(runtime.pool, runtime.relay.transaction, settings.sweep_interval_s)
     return Parts(
         consumers=[
             (CONSUMERS_BY_DURABLE[RESERVE], handlers.reserve),

@@ -142,7 +142,7 @@ Transaction = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
 
 
 def unstaged(pool: asyncpg.Pool) -> Transaction:
-    """Plain transactions: their outbox rows wait for a relay's backstop poll or `wake()`."""
+    """Plain transactions: their outbox rows wait for a relay's backstop poll."""
 
     @asynccontextmanager
     async def transaction() -> AsyncIterator[asyncpg.Connection]:
@@ -164,7 +164,6 @@ class OutboxRelay:
         self._published: list[int] = []  # ids whose rows are still to delete
         self._poll_due = 0.0  # monotonic time of the next backstop poll
         self._delete_due = 0.0  # monotonic time by which published rows are deleted
-        self._poll_now = False  # woken: poll at once, rows of any age
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
@@ -186,11 +185,6 @@ class OutboxRelay:
             self._ready.extend((now, s) for s in staged if s.ids)
             self._kick.set()
 
-    def wake(self) -> None:
-        """Publish now what the table holds: rows written outside `transaction()`."""
-        self._poll_now = True
-        self._kick.set()
-
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
@@ -203,16 +197,14 @@ class OutboxRelay:
             self._kick.clear()
             try:
                 await self.publish_ready()
-                polling = self._poll_now or time.monotonic() >= self._poll_due
+                polling = time.monotonic() >= self._poll_due
                 # One delete for the rows of many commits; always before a poll, which
                 # would find them.
                 if polling or time.monotonic() >= self._delete_due:
                     await self._delete_published()
                 if polling:
-                    min_age_s = 0.0 if self._poll_now else STALE_AFTER_S
-                    self._poll_now = False
                     self._poll_due = time.monotonic() + POLL_S
-                    while await self.publish_batch(min_age_s) == RELAY_BATCH:
+                    while await self.publish_batch(STALE_AFTER_S) == RELAY_BATCH:
                         pass
                 failures = 0
             except Exception:

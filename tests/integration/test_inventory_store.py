@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from nats.aio.client import Client as NATS
 
 from inventory_service import store
 from inventory_service.domain import reservation_id_for
@@ -20,7 +21,7 @@ from inventory_service.expiry import Expiry, expire_due
 from inventory_service.handlers import Handlers
 from inventory_service.main import MIGRATIONS
 from inventory_service.metrics import RESERVATIONS_ACTIVE
-from jetsaga import config, contracts, db
+from jetsaga import config, contracts, db, outbox
 from jetsaga.consumer import Delivery, PermanentError, TransientError
 from jetsaga.contracts import (
     InventoryOutOfStock,
@@ -218,7 +219,7 @@ async def test_confirm_after_expiry_sells_from_available_stock(
 ) -> None:
     await set_stock(pool, a=5)
     await handlers.reserve([created("o-1", ("a", 2))])
-    assert await expire_due(pool, T0 + timedelta(seconds=TTL_S + 1)) == 1
+    assert await expire_due(outbox.unstaged(pool), T0 + timedelta(seconds=TTL_S + 1)) == 1
     await handlers.confirm([confirmed("o-1")])
     assert await levels(pool, "a") == (3, 0, 2)
 
@@ -228,7 +229,7 @@ async def test_confirm_after_expiry_without_enough_stock_is_a_permanent_error(
 ) -> None:
     await set_stock(pool, a=2)
     await handlers.reserve([created("o-1", ("a", 2))])
-    await expire_due(pool, T0 + timedelta(seconds=TTL_S + 1))
+    await expire_due(outbox.unstaged(pool), T0 + timedelta(seconds=TTL_S + 1))
     await handlers.reserve([created("o-2", ("a", 1))])
     with pytest.raises(PermanentError, match="o-1"):
         await handlers.confirm([confirmed("o-1")])
@@ -238,13 +239,13 @@ async def test_confirm_after_expiry_without_enough_stock_is_a_permanent_error(
 
 
 async def test_expired_reservations_are_released_with_reason_expired(
-    pool: asyncpg.Pool, handlers: Handlers
+    pool: asyncpg.Pool, handlers: Handlers, bus: NATS
 ) -> None:
     await set_stock(pool, a=5)
     await handlers.reserve([created("o-1", ("a", 2)), created("o-2", ("a", 1))])
-    wakes: list[None] = []
+    relay = outbox.OutboxRelay(pool, bus.jetstream())
     clock = [T0 + timedelta(seconds=TTL_S - 1)]
-    expiry = Expiry(pool, lambda: wakes.append(None), 1.0, clock=lambda: clock[0])
+    expiry = Expiry(pool, relay.transaction, 1.0, clock=lambda: clock[0])
     assert await expiry.sweep() == 0
     await expiry.housekeeping()
     assert RESERVATIONS_ACTIVE._value.get() == 2
@@ -253,7 +254,7 @@ async def test_expired_reservations_are_released_with_reason_expired(
     assert await expiry.sweep() == 0
     await expiry.housekeeping()
     assert RESERVATIONS_ACTIVE._value.get() == 0
-    assert wakes == [None]
+    assert await relay.publish_ready() == 2  # handed to the relay on commit, once
     assert await levels(pool, "a") == (5, 0, 0)
     released = (await emitted(pool))[2:]
     assert sorted((m.order_id, m.reason) for m in released) == [  # type: ignore[union-attr]
@@ -270,8 +271,10 @@ async def test_concurrent_sweeps_release_each_reservation_once(
     await set_stock(pool, a=100)
     await handlers.reserve([created(f"o-{i}", ("a", 1)) for i in range(40)])
     later = T0 + timedelta(seconds=TTL_S + 1)
-    counts = await asyncio.gather(*(expire_due(pool, later, limit=7) for _ in range(6)))
-    while await expire_due(pool, later, limit=7):
+    counts = await asyncio.gather(
+        *(expire_due(outbox.unstaged(pool), later, limit=7) for _ in range(6))
+    )
+    while await expire_due(outbox.unstaged(pool), later, limit=7):
         pass
     assert sum(counts) <= 40
     assert await levels(pool, "a") == (100, 0, 0)
@@ -361,12 +364,12 @@ async def test_stock_is_conserved_through_concurrent_reserve_release_confirm_and
         handlers.release([release(o) for o in to_release[1::2]]),
         handlers.confirm([confirmed(o) for o in to_confirm[::2]]),
         handlers.confirm([confirmed(o) for o in to_confirm[1::2]]),
-        expire_due(pool, later, limit=10),
-        expire_due(pool, later, limit=10),
+        expire_due(outbox.unstaged(pool), later, limit=10),
+        expire_due(outbox.unstaged(pool), later, limit=10),
     )
     assert list(results[:4]) == [0, 0, 0, 0]
     await assert_conserved(pool, stock)
-    while await expire_due(pool, later):
+    while await expire_due(outbox.unstaged(pool), later):
         pass
     await assert_conserved(pool, stock)
     assert await pool.fetchval("SELECT sum(reserved) FROM stock") == 0
@@ -431,7 +434,7 @@ async def test_a_release_request_applied_after_expiry_is_answered_with_the_expir
 ) -> None:
     await set_stock(pool, a=5)
     await handlers.reserve([created("o-1", ("a", 2))])
-    await expire_due(pool, T0 + timedelta(seconds=TTL_S + 1))
+    await expire_due(outbox.unstaged(pool), T0 + timedelta(seconds=TTL_S + 1))
     await handlers.release([release("o-1")])  # released before: nothing new
     assert await handlers.release([release("o-1")]) == 1  # re-sent: the expiry, said again
     _, expired, again = await outbox_rows(pool)
