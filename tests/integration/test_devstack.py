@@ -20,7 +20,7 @@ import pytest
 import stripe
 from nats.js.api import StreamConfig
 
-from jetsaga.devstack.nats import NatsServer
+from jetsaga.devstack.nats import NatsServer, go_max_procs
 from jetsaga.devstack.postgres import PostgresServer
 from jetsaga.devstack.procs import Child, ChildFailed, free_port
 from tests.support.waiting import wait_until
@@ -57,6 +57,19 @@ async def test_nats_restart_keeps_stream_messages(make_nats: Callable[[], NatsSe
         assert (await nc.jsm().get_msg("KEEP", 3)).data == b"m2"
     finally:
         await nc.close()
+
+
+def test_go_max_procs_is_half_the_cpus_unless_set() -> None:
+    assert [go_max_procs({}, cpus) for cpus in (1, 2, 3, 8)] == ["1", "1", "1", "4"]
+    assert go_max_procs({"GOMAXPROCS": "6"}, 2) == "6"
+    assert go_max_procs({"GOMAXPROCS": ""}, 4) == "2"
+
+
+def test_nats_runs_with_its_gomaxprocs(make_nats: Callable[[], NatsServer]) -> None:
+    server = make_nats()
+    environ = Path(f"/proc/{server.child.pid}/environ").read_bytes().split(b"\0")
+    expected = go_max_procs(os.environ, len(os.sched_getaffinity(0)))
+    assert f"GOMAXPROCS={expected}".encode() in environ
 
 
 async def test_postgres_keeps_committed_rows_after_kill_9(
