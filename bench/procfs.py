@@ -40,7 +40,9 @@ def role_of(comm: str, cmdline: str) -> str:
     """The part of the stack a process belongs to."""
     if "nats-server" in comm or "nats-server" in cmdline:
         return "nats"
-    if comm.startswith("postgres") or "/postgres" in cmdline:
+    # Before the workers: an autovacuum worker's title is "postgres: autovacuum worker
+    # order_service", which says "worker order" too.
+    if comm.startswith("postgres") or cmdline.startswith("postgres") or "/postgres" in cmdline:
         return "postgres"
     for name in ("order", "inventory", "payment"):
         if f"worker {name}" in cmdline:
@@ -108,7 +110,8 @@ class RssSampler:
 
     def sample(self) -> None:
         for pid in tree(self._root):
-            role = role_of("", _cmdline(pid))
+            st = _stat(pid)
+            role = role_of(st[0] if st is not None else "", _cmdline(pid))
             if role.startswith("worker-"):
                 self.peak_mib[role] = max(self.peak_mib[role], rss_mib(pid))
 

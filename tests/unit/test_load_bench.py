@@ -35,6 +35,8 @@ def test_a_row_shows_rate_latency_lost_cpu_and_worker_memory() -> None:
 def test_processes_are_sorted_into_the_parts_of_the_stack() -> None:
     assert procfs.role_of("nats-server", "/x/nats-server -js") == "nats"
     assert procfs.role_of("postgres", "postgres: postgres order_service") == "postgres"
+    assert procfs.role_of("", "postgres: autovacuum worker order_service") == "postgres"
+    assert procfs.role_of("postgres", "postgres: autovacuum worker payment_service") == "postgres"
     assert procfs.role_of("python3", "python -m jetsaga.cli worker order") == "worker-order"
     assert procfs.role_of("python3", "python -m jetsaga.cli worker payment") == "worker-payment"
     assert procfs.role_of("python3", "python -m jetsaga.devstack.stripe --port 1") == "stripe"
