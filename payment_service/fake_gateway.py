@@ -8,6 +8,7 @@ create makes a second intent, so a test sees any double charge our own records l
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}_fake{uuid.uuid4().hex[:20]}"
 
 
-@dataclass
+@dataclass(slots=True)
 class FakeIntent:
     id: str
     order_id: str
@@ -100,7 +101,10 @@ class FakeGateway:
         self._enter("create")
         if not payment_method.startswith("pm_card_"):
             raise Rejected("resource_missing")
-        intent = FakeIntent(_new_id("pi"), order_id, amount, currency, payment_method)
+        # Every intent is kept, as Stripe keeps them: a few distinct strings are shared.
+        intent = FakeIntent(
+            _new_id("pi"), order_id, amount, sys.intern(currency), sys.intern(payment_method)
+        )
         self.intents[intent.id] = intent
         return intent.view()
 
