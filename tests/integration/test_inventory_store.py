@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -21,7 +20,7 @@ from inventory_service.expiry import Expiry, expire_due
 from inventory_service.handlers import Handlers
 from inventory_service.main import MIGRATIONS
 from inventory_service.metrics import RESERVATIONS_ACTIVE
-from jetsaga import config, contracts, db, outbox
+from jetsaga import contracts, db, outbox
 from jetsaga.consumer import Delivery, PermanentError, TransientError
 from jetsaga.contracts import (
     InventoryOutOfStock,
@@ -33,6 +32,7 @@ from jetsaga.contracts import (
     ReleaseInventory,
     UnavailableItem,
 )
+from tests.support.databases import fresh_pool
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -43,18 +43,9 @@ TTL_S = 900.0
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    name = f"inventory_t_{uuid.uuid4().hex[:12]}"
-    url = config.with_database(database_url, name)
-    await db.ensure_database(url)
-    p = await db.create_pool(url, 6)
-    await db.migrate(p, [db.SHARED_MIGRATIONS, MIGRATIONS])
-    yield p
-    await p.close()
-    admin = await asyncpg.connect(config.with_database(database_url, "postgres"))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    finally:
-        await admin.close()
+    migrations = [db.SHARED_MIGRATIONS, MIGRATIONS]
+    async with fresh_pool(database_url, "inventory_t", migrations, 6, drop=True) as p:
+        yield p
 
 
 @pytest.fixture

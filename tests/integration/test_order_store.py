@@ -10,23 +10,20 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from jetsaga import config, contracts, db
+from jetsaga import contracts, db
 from jetsaga.outbox import outgoing
 from order_service import handlers, main, store
 from order_service.intake import IntakeWriter
 from order_service.saga import Context, SagaStatus, Timeout, start
+from tests.support.databases import fresh_pool
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    url = config.with_database(database_url, f"o_{uuid.uuid4().hex[:12]}")
-    await db.ensure_database(url)
-    p = await db.create_pool(url, 8)
-    await db.migrate(p, [db.SHARED_MIGRATIONS, main.MIGRATIONS])
-    yield p
-    await p.close()
+    async with fresh_pool(database_url, "o", [db.SHARED_MIGRATIONS, main.MIGRATIONS], 8) as p:
+        yield p
 
 
 def new_order(order_id: str | None = None, key: str | None = None, qty: int = 1) -> store.NewOrder:

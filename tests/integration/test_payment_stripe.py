@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 import stripe
 
-from jetsaga import config, contracts, db
+from jetsaga import contracts, db
 from jetsaga.consumer import Delivery
 from jetsaga.contracts import (
     PaymentFailed,
@@ -26,6 +26,7 @@ from payment_service.gateway import Declined, Missing, Rejected, Unavailable
 from payment_service.handlers import PaymentHandler
 from payment_service.main import MIGRATIONS
 from payment_service.stripe_gateway import StripeGateway
+from tests.support.databases import fresh_pool
 
 pytestmark = pytest.mark.timeout(60)
 KEY = "sk_test_jetsaga"
@@ -143,12 +144,8 @@ async def test_a_bad_api_key_holds_rather_than_fails_the_order(stripe_api_base: 
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    url = config.with_database(database_url, f"payment_s_{uuid.uuid4().hex[:12]}")
-    await db.ensure_database(url)
-    p = await db.create_pool(url, 4)
-    await db.migrate(p, [db.SHARED_MIGRATIONS, MIGRATIONS])
-    yield p
-    await p.close()
+    async with fresh_pool(database_url, "payment_s", [db.SHARED_MIGRATIONS, MIGRATIONS], 4) as p:
+        yield p
 
 
 def delivery(message: contracts.AnyMessage) -> Delivery:

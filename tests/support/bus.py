@@ -4,7 +4,6 @@ a database of its own, and small publish/consume helpers."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import asyncpg
@@ -18,6 +17,7 @@ from jetsaga.contracts import ConsumerSpec
 from jetsaga.deadletter import DeadLetters
 from jetsaga.devstack.nats import NatsServer
 from jetsaga.dlq import letters
+from tests.support.databases import fresh_pool
 
 
 @pytest.fixture
@@ -33,12 +33,8 @@ async def bus(make_nats: Callable[[], NatsServer]) -> AsyncIterator[NATS]:
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    url = config.with_database(database_url, f"t_{uuid.uuid4().hex[:12]}")
-    await db.ensure_database(url)
-    p = await db.create_pool(url, 4)
-    await db.migrate(p, [db.SHARED_MIGRATIONS])
-    yield p
-    await p.close()
+    async with fresh_pool(database_url, "t", [db.SHARED_MIGRATIONS], 4) as p:
+        yield p
 
 
 def created(order_id: str) -> contracts.OrderCreated:

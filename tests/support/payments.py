@@ -4,28 +4,24 @@ and the commands it takes."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from jetsaga import config, contracts, db
+from jetsaga import contracts, db
 from jetsaga.consumer import Delivery
 from jetsaga.contracts import AnyMessage, ProcessPayment, RefundPayment
 from payment_service.fake_gateway import FakeGateway
 from payment_service.handlers import PaymentHandler
 from payment_service.main import MIGRATIONS
+from tests.support.databases import fresh_pool
 
 
 @pytest.fixture(scope="module")
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    url = config.with_database(database_url, f"payment_t_{uuid.uuid4().hex[:12]}")
-    await db.ensure_database(url)
-    p = await db.create_pool(url, 8)
-    await db.migrate(p, [db.SHARED_MIGRATIONS, MIGRATIONS])
-    yield p
-    await p.close()
+    async with fresh_pool(database_url, "payment_t", [db.SHARED_MIGRATIONS, MIGRATIONS], 8) as p:
+        yield p
 
 
 @pytest.fixture
