@@ -229,6 +229,11 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
     # back-off between deliveries.
     ack_wait_s: float = 30.0
     max_ack_pending: int = 4_000
+    # Loops a worker runs on the consumer, each with its own standing pull. One gives the
+    # biggest batches and no lock contention between batches of one worker. A consumer
+    # whose handler holds a batch while an outside dependency is away needs a second, or a
+    # compensation queued behind the held batch would wait for that dependency too.
+    loops: int = 1
 
 
 STREAMS: Final = (
@@ -262,6 +267,7 @@ CONSUMERS: Final = (
         filter_subjects=(PAYMENTS_PROCESS_REQUEST, PAYMENTS_REFUND_REQUEST),
         ack_wait_s=60.0,
         max_ack_pending=2_000,
+        loops=2,  # a refund must get past a charge held while the gateway is down
     ),
     ConsumerSpec(
         durable="order-service-inventory",

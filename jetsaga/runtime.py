@@ -163,7 +163,7 @@ async def serve(
 
     consumers = [
         Consumer(
-            js,
+            nc,
             spec,
             handler,
             runtime.dead_letters.from_msg,

@@ -55,7 +55,7 @@ async def run_consumer(
 ) -> tuple[asyncio.Event, asyncio.Task[None]]:
     stop = asyncio.Event()
     js = nc.jetstream()
-    consumer = Consumer(js, spec or contracts.CONSUMERS_BY_DURABLE["inventory-service"],
+    consumer = Consumer(nc, spec or contracts.CONSUMERS_BY_DURABLE["inventory-service"],
                         handler, DeadLetters(js).from_msg, batch=10,  # type: ignore[arg-type]
                         retry_delay=lambda n: 0.1)  # fmt: skip
     return stop, asyncio.create_task(consumer.run(stop))
