@@ -95,6 +95,18 @@ async def load(
     return _rows(rows)
 
 
+RECORD_INTENTS = (
+    "UPDATE payments AS p SET stripe_payment_intent_id = c.intent_id,"
+    " version = p.version + 1, updated_at = now()"
+    " FROM unnest($1::text[], $2::int[], $3::text[]) AS c(order_id, version, intent_id)"
+    " WHERE p.order_id = c.order_id AND p.version = c.version"
+    # A guard the planner cannot search by: as an index condition, the generic plan read
+    # every payment still processing (a few hundred per statement at 1,000 orders/s).
+    " AND (p.status = 'processing' AND p.stripe_payment_intent_id IS NULL) IS TRUE"
+    f" RETURNING {_RETURNING}"
+)
+
+
 async def record_intents(
     conn: asyncpg.Connection, intents: Sequence[tuple[str, int, str]]
 ) -> dict[str, Payment]:
@@ -103,12 +115,7 @@ async def record_intents(
     if not intents:
         return {}
     rows = await conn.fetch(
-        "UPDATE payments AS p SET stripe_payment_intent_id = c.intent_id,"
-        " version = p.version + 1, updated_at = now()"
-        " FROM unnest($1::text[], $2::int[], $3::text[]) AS c(order_id, version, intent_id)"
-        " WHERE p.order_id = c.order_id AND p.version = c.version"
-        " AND p.status = 'processing' AND p.stripe_payment_intent_id IS NULL"
-        f" RETURNING {_RETURNING}",
+        RECORD_INTENTS,
         [i[0] for i in intents],
         [i[1] for i in intents],
         [i[2] for i in intents],
