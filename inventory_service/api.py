@@ -7,9 +7,9 @@ from typing import Any, Final
 
 import asyncpg
 import msgspec
-from aiohttp import web
 
 from inventory_service import store
+from jetsaga import leanhttp
 from jetsaga.http import error, json_response
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,8 @@ def parse_stock_level(product_id: str, body: bytes) -> int:
     return available
 
 
-def routes(pool: asyncpg.Pool) -> list[web.RouteDef]:
-    async def put_stock(request: web.Request) -> web.Response:
+def routes(pool: asyncpg.Pool) -> list[leanhttp.Route]:
+    async def put_stock(request: leanhttp.Request) -> leanhttp.Response:
         product_id = request.match_info["productId"]
         try:
             available = parse_stock_level(product_id, await request.read())
@@ -64,7 +64,7 @@ def routes(pool: asyncpg.Pool) -> list[web.RouteDef]:
         log.info("stock set", extra={"productId": product_id, "available": available})
         return json_response(level)
 
-    async def get_stock(request: web.Request) -> web.Response:
+    async def get_stock(request: leanhttp.Request) -> leanhttp.Response:
         product_id = request.match_info["productId"]
         async with pool.acquire() as conn:
             level = await store.get_stock(conn, product_id)
@@ -73,6 +73,6 @@ def routes(pool: asyncpg.Pool) -> list[web.RouteDef]:
         return json_response(level)
 
     return [
-        web.put("/inventory/{productId}", put_stock),
-        web.get("/inventory/{productId}", get_stock),
+        leanhttp.put("/inventory/{productId}", put_stock),
+        leanhttp.get("/inventory/{productId}", get_stock),
     ]

@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 import asyncpg
 import nats
 import nats.errors
-from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -29,7 +28,8 @@ from jetsaga.config import Settings
 from jetsaga.consumer import Consumer, Handler
 from jetsaga.contracts import ConsumerSpec
 from jetsaga.deadletter import DeadLetters, watch_advisories
-from jetsaga.http import base_app
+from jetsaga.http import base_routes
+from jetsaga.leanhttp import LeanServer, Route
 from jetsaga.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING
 from jetsaga.outbox import OutboxRelay
 
@@ -57,12 +57,11 @@ class Parts:
     """What a service contributes: its consumers, HTTP routes and background loops."""
 
     consumers: list[tuple[ConsumerSpec, Handler]] = field(default_factory=list)
-    routes: list[web.RouteDef] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
     loops: list[Loop] = field(default_factory=list)
     # Loops that serve HTTP requests (group commit of intake): they stop only once the
     # HTTP server has stopped and finished its requests.
     http_loops: list[Loop] = field(default_factory=list)
-    on_ready: list[Callable[[web.Application], None]] = field(default_factory=list)
 
 
 async def _retry(what: str, connect: Callable[[], Awaitable[T]]) -> T:
@@ -123,10 +122,10 @@ async def _watch_backlog(
         await pause(stop, 5.0)
 
 
-async def _close_http(runner: web.AppRunner, stop: asyncio.Event, closed: asyncio.Event) -> None:
+async def _close_http(server: LeanServer, stop: asyncio.Event, closed: asyncio.Event) -> None:
     """On stop: stop accepting, let requests in progress finish, then release HTTP loops."""
     await stop.wait()
-    await runner.cleanup()
+    await server.close()
     closed.set()
 
 
@@ -152,13 +151,8 @@ async def serve(
     runtime = Runtime(service, settings, pool, nc, js, OutboxRelay(pool, js), DeadLetters(js))
     parts = await wire(runtime)
 
-    app = base_app(nc, pool)
-    app.add_routes(parts.routes)
-    for hook in parts.on_ready:
-        hook(app)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, settings.http_host, settings.port_of(service)).start()
+    server = LeanServer(base_routes(nc, pool) + parts.routes)
+    await server.start(settings.http_host, settings.port_of(service))
     log.info("serving", extra={"port": settings.port_of(service)})
 
     consumers = [
@@ -183,11 +177,11 @@ async def serve(
                 group.create_task(background(stop))
             for background in parts.http_loops:
                 group.create_task(background(http_closed))
-            group.create_task(_close_http(runner, stop, http_closed))
+            group.create_task(_close_http(server, stop, http_closed))
     finally:
         log.info("draining")
         if not http_closed.is_set():
-            await runner.cleanup()
+            await server.close()
         try:
             async with asyncio.timeout(5.0):
                 await runtime.relay.flush()

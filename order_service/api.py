@@ -15,10 +15,9 @@ import uuid
 
 import asyncpg
 import msgspec
-from aiohttp import web
 
 from jetsaga import contracts as c
-from jetsaga import tracing
+from jetsaga import leanhttp, tracing
 from jetsaga.config import Settings
 from jetsaga.http import error, json_response
 from jetsaga.outbox import outgoing
@@ -45,7 +44,7 @@ def order_id_for(request: OrderRequest, key: str | None) -> str:
     return str(uuid.uuid4())
 
 
-def _accepted(order_id: str, status: str, saga_status: str, code: int) -> web.Response:
+def _accepted(order_id: str, status: str, saga_status: str, code: int) -> leanhttp.Response:
     body = {"orderId": order_id, "status": status, "sagaStatus": saga_status}
     return json_response(body, status=code, headers={"Location": f"/orders/{order_id}"})
 
@@ -59,15 +58,15 @@ def _decode_cursor(cursor: str) -> tuple[datetime.datetime, str]:
     return datetime.datetime.fromisoformat(created), order_id
 
 
-def routes(pool: asyncpg.Pool, settings: Settings, intake: IntakeWriter) -> list[web.RouteDef]:
-    async def create(request: web.Request) -> web.Response:
+def routes(pool: asyncpg.Pool, settings: Settings, intake: IntakeWriter) -> list[leanhttp.Route]:
+    async def create(request: leanhttp.Request) -> leanhttp.Response:
         # The intake's trace context is the order's: orders.created carries it.
         with tracing.intake("POST", "/orders", request.headers.get(c.TRACEPARENT)) as trace:
             response = await accept(request, trace.traceparent)
             trace.respond(response.status)
             return response
 
-    async def accept(request: web.Request, traceparent: str) -> web.Response:
+    async def accept(request: leanhttp.Request, traceparent: str) -> leanhttp.Response:
         try:
             body = msgspec.json.decode(await request.read())
         except msgspec.DecodeError as exc:
@@ -105,14 +104,14 @@ def routes(pool: asyncpg.Pool, settings: Settings, intake: IntakeWriter) -> list
         metrics.ORDERS_RECEIVED.labels("replayed").inc()
         return _accepted(existing.order_id, existing.status, existing.saga_status, 200)
 
-    async def get_one(request: web.Request) -> web.Response:
+    async def get_one(request: leanhttp.Request) -> leanhttp.Response:
         async with pool.acquire() as conn:
             view = await store.get_order(conn, request.match_info["order_id"])
         if view is None:
             return error(404, "order not found")
         return json_response(view)
 
-    async def list_page(request: web.Request) -> web.Response:
+    async def list_page(request: leanhttp.Request) -> leanhttp.Response:
         q = request.query
         status = q.get("status") or None
         if status is not None and status not in STATUSES:
@@ -129,12 +128,12 @@ def routes(pool: asyncpg.Pool, settings: Settings, intake: IntakeWriter) -> list
         cursor = _encode_cursor(page[-1]) if len(page) == limit else None
         return json_response({"orders": page, "nextCursor": cursor})
 
-    async def openapi(_: web.Request) -> web.Response:
+    async def openapi(_: leanhttp.Request) -> leanhttp.Response:
         return json_response(document())
 
     return [
-        web.post("/orders", create),
-        web.get("/orders", list_page),
-        web.get("/orders/{order_id}", get_one),
-        web.get("/openapi.json", openapi),
+        leanhttp.post("/orders", create),
+        leanhttp.get("/orders", list_page),
+        leanhttp.get("/orders/{order_id}", get_one),
+        leanhttp.get("/openapi.json", openapi),
     ]

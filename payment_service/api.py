@@ -4,14 +4,14 @@ order as JSON (for operators and tests). The payment method is never shown."""
 from __future__ import annotations
 
 import asyncpg
-from aiohttp import web
 
+from jetsaga import leanhttp
 from jetsaga.http import error, json_response
 from payment_service import store
 
 
-def routes(pool: asyncpg.Pool) -> list[web.RouteDef]:
-    async def get_payment(request: web.Request) -> web.Response:
+def routes(pool: asyncpg.Pool) -> list[leanhttp.Route]:
+    async def get_payment(request: leanhttp.Request) -> leanhttp.Response:
         order_id = request.match_info["order_id"]
         rows = await store.load(pool, [order_id])
         row = rows.get(order_id)
@@ -32,4 +32,4 @@ def routes(pool: asyncpg.Pool) -> list[web.RouteDef]:
             }
         )
 
-    return [web.get("/payments/{order_id}", get_payment)]
+    return [leanhttp.get("/payments/{order_id}", get_payment)]
