@@ -147,7 +147,7 @@ class Consumer:
                 return  # connection gone: the ack wait redelivers them
 
     async def process(self, msgs: Sequence[Msg]) -> None:
-        if not msgs:  # nats-py's fetch can return none: not a batch, so not a duration
+        if not msgs:  # nothing arrived in time: not a batch, so not a duration
             return
         started = time.perf_counter()
         decoded: list[tuple[Msg, Delivery]] = []

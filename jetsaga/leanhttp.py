@@ -2,7 +2,7 @@
 every order.
 
 Measured with `python -m bench.http` (1,000 requests/s, the same handler): aiohttp's server
-cost 171 µs of CPU per `POST /orders`, this one 101 µs. At 1,000 orders/s that is 7 % of a
+cost 120 µs of CPU per `POST /orders`, this one 68 µs. At 1,000 orders/s that is 5 % of a
 core saved in the order worker, the busiest process of the stack. Handlers see a request
 shaped like aiohttp's (`method`, `path`, `headers`, `match_info`, `query`, `read()`) and
 answer a `Response` (status, body, content type and headers), written out in one piece.
@@ -181,6 +181,19 @@ def serialize(response: Response, keep_alive: bool, head: bool, http10: bool = F
     return out if head else out + body
 
 
+def _split_target(target: bytes) -> tuple[str, str]:
+    """The decoded path and the raw query string of a request target."""
+    if target.startswith(b"/"):  # origin form, all but always: no URL parser needed
+        raw_path, _, raw_query = target.partition(b"?")
+        raw_path = raw_path.partition(b"#")[0]
+        raw_query = raw_query.partition(b"#")[0]
+    else:  # absolute form (http://host/path?query), which a server must accept too
+        url = httptools.parse_url(target)
+        raw_path, raw_query = url.path or b"/", url.query or b""
+    path = raw_path.decode("utf-8", "replace")
+    return unquote(path) if "%" in path else path, raw_query.decode("utf-8", "replace")
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, server: LeanServer) -> None:
         self._server = server
@@ -241,13 +254,12 @@ class _Connection(asyncio.Protocol):
         if self._header_bytes > MAX_HEADER_BYTES:
             raise httptools.HttpParserError("headers too large")
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if len(name) == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
+            self._continue = True
 
     def on_headers_complete(self) -> None:
-        for name, value in self._headers:
-            if name.lower() == "expect" and value.lower() == "100-continue":
-                self._continue = True
-                if not self._busy and not self._queue:
-                    self._send_continue()
+        if self._continue and not self._busy and not self._queue:
+            self._send_continue()
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
@@ -266,9 +278,7 @@ class _Connection(asyncio.Protocol):
             too_large = error(413, f"body larger than {MAX_BODY} bytes")
             self._queue.append((too_large, keep_alive, http10))
         else:
-            url = httptools.parse_url(self._url)
-            path = unquote(url.path.decode("utf-8", "replace"))
-            query = url.query.decode("utf-8", "replace") if url.query else ""
+            path, query = _split_target(self._url)
             headers = CIMultiDictProxy(CIMultiDict(self._headers))
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
             self._queue.append((Request(method, path, query, headers, body), keep_alive, http10))
@@ -314,6 +324,8 @@ class _Connection(asyncio.Protocol):
             try:
                 response = await handler(request)
             except db.UNAVAILABLE:
+                # Not a 500: a hint to retry. An order whose commit was cut off may exist,
+                # and a retry with the same Idempotency-Key or orderId is safe.
                 response = error(503, "database unavailable, retry shortly")
                 response.headers["Retry-After"] = "1"
             except Exception:

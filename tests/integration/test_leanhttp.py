@@ -224,6 +224,17 @@ async def test_query_string_is_given_in_request_query(server: LeanServer, connec
     assert without.json()["view"] is None
 
 
+async def test_absolute_form_target_is_routed_by_its_path_and_query(
+    server: LeanServer, connect: Connect
+) -> None:
+    raw = await connect(server.port)
+
+    answer = await raw.ask(request("GET", f"http://{HOST}:{server.port}/orders/o%2D9?view=x"))
+
+    assert answer.status == 200
+    assert answer.json()["order_id"] == "o-9" and answer.json()["view"] == "x"
+
+
 async def test_request_headers_are_case_insensitive(server: LeanServer, connect: Connect) -> None:
     raw = await connect(server.port)
 
