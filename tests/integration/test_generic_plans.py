@@ -9,8 +9,10 @@ sagas in flight, growing with any backlog.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator
+from types import ModuleType
 
 import asyncpg
 import pytest
@@ -32,32 +34,41 @@ async def generic_plan(conn: asyncpg.Connection, sql: str) -> str:
     return "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE hot({params})"))
 
 
+@contextlib.asynccontextmanager
+async def skewed(
+    database_url: str, service: ModuleType, fill: str, table: str
+) -> AsyncIterator[asyncpg.Pool]:
+    """A fresh database of `service`, filled by `fill` (one row in a thousand in flight)
+    and analyzed."""
+    migrations = [db.SHARED_MIGRATIONS, service.MIGRATIONS]
+    async with fresh_pool(database_url, f"plan_{table}", migrations, 1) as pool:
+        await pool.execute(fill)
+        await pool.execute(f"ANALYZE {table}")
+        yield pool
+
+
 @pytest.fixture
 async def orders(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    migrations = [db.SHARED_MIGRATIONS, order_main.MIGRATIONS]
-    async with fresh_pool(database_url, "plan_o", migrations, 1) as pool:
-        await pool.execute(
-            "INSERT INTO orders (order_id, customer_id, items, total_amount, currency,"
-            " request_hash, status, created_at, updated_at)"
-            " SELECT 'o-' || i, 'c', '[]', 100, 'usd', 'h',"
-            " CASE WHEN i % 1000 = 0 THEN 'PENDING' ELSE 'CONFIRMED' END, now(), now()"
-            " FROM generate_series(1, 20000) AS i"
-        )
-        await pool.execute("ANALYZE orders")
+    fill = (
+        "INSERT INTO orders (order_id, customer_id, items, total_amount, currency,"
+        " request_hash, status, created_at, updated_at)"
+        " SELECT 'o-' || i, 'c', '[]', 100, 'usd', 'h',"
+        " CASE WHEN i % 1000 = 0 THEN 'PENDING' ELSE 'CONFIRMED' END, now(), now()"
+        " FROM generate_series(1, 20000) AS i"
+    )
+    async with skewed(database_url, order_main, fill, "orders") as pool:
         yield pool
 
 
 @pytest.fixture
 async def payments(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    migrations = [db.SHARED_MIGRATIONS, payment_main.MIGRATIONS]
-    async with fresh_pool(database_url, "plan_p", migrations, 1) as pool:
-        await pool.execute(
-            "INSERT INTO payments (order_id, status, amount, currency, stripe_payment_intent_id)"
-            " SELECT 'o-' || i, CASE WHEN i % 1000 = 0 THEN 'processing' ELSE 'succeeded' END,"
-            " 100, 'usd', CASE WHEN i % 1000 = 0 THEN NULL ELSE 'pi_' || i END"
-            " FROM generate_series(1, 20000) AS i"
-        )
-        await pool.execute("ANALYZE payments")
+    fill = (
+        "INSERT INTO payments (order_id, status, amount, currency, stripe_payment_intent_id)"
+        " SELECT 'o-' || i, CASE WHEN i % 1000 = 0 THEN 'processing' ELSE 'succeeded' END,"
+        " 100, 'usd', CASE WHEN i % 1000 = 0 THEN NULL ELSE 'pi_' || i END"
+        " FROM generate_series(1, 20000) AS i"
+    )
+    async with skewed(database_url, payment_main, fill, "payments") as pool:
         yield pool
 
 
