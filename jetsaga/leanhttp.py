@@ -172,7 +172,10 @@ def serialize(response: Response, keep_alive: bool, head: bool, http10: bool = F
         len(body),
     )
     for name, value in response.headers.items():
-        out += f"{name}: {value}\r\n".encode("latin-1")
+        line = f"{name}: {value}"
+        if "\r" in line or "\n" in line:
+            raise ValueError(f"line break in response header {name!r}")
+        out += line.encode("latin-1") + b"\r\n"
     if not keep_alive:
         out += b"Connection: close\r\n"
     elif http10:  # HTTP/1.0 closes unless told otherwise
@@ -340,7 +343,12 @@ class _Connection(asyncio.Protocol):
     def _send(self, response: Response, keep_alive: bool, head: bool, http10: bool) -> None:
         if self._closing or self._transport is None:
             return
-        self._transport.write(serialize(response, keep_alive, head, http10))
+        try:
+            data = serialize(response, keep_alive, head, http10)
+        except (ValueError, UnicodeEncodeError):
+            log.exception("answer not sendable", extra={"status": response.status})
+            data = serialize(error(500, "internal error"), keep_alive, head, http10)
+        self._transport.write(data)
         if not keep_alive:
             self._closing = True
             self._transport.close()
@@ -414,8 +422,9 @@ class LeanServer:
             self._server.close()
         for conn in list(self.connections):
             conn.close_when_idle()
-        if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=grace_s)
+        deadline = self.loop.time() + grace_s
+        while self.tasks and (left := deadline - self.loop.time()) > 0:
+            await asyncio.wait(list(self.tasks), timeout=left)
         for conn in list(self.connections):
             if conn._transport is not None:
                 conn._transport.close()

@@ -45,6 +45,7 @@ class App:
             leanhttp.get("/slow", self.slow),
             leanhttp.get("/unavailable/{kind}", self.unavailable),
             leanhttp.get("/broken", self.broken),
+            leanhttp.get("/injected", self.injected),
         ]
 
     async def ping(self, _: Request) -> leanhttp.Response:
@@ -77,6 +78,9 @@ class App:
         if request.match_info["kind"] == "starting":
             raise asyncpg.exceptions.CannotConnectNowError("the database system is starting up")
         raise ConnectionRefusedError("connection refused")
+
+    async def injected(self, _: Request) -> leanhttp.Response:
+        return leanhttp.json_response({}, headers={"Location": "/x\r\nSet-Cookie: evil=1"})
 
     async def broken(self, _: Request) -> leanhttp.Response:
         raise ValueError("a bug in the handler")
@@ -537,6 +541,18 @@ async def test_database_unavailable_in_a_handler_gets_503_with_retry_after(
     assert answer.status == 503
     assert answer.headers["Retry-After"] == "1"
     assert answer.json() == {"error": "database unavailable, retry shortly"}
+
+
+async def test_a_header_value_with_a_line_break_is_never_sent(
+    server: LeanServer, connect: Connect
+) -> None:
+    raw = await connect(server.port)
+
+    answer = await raw.ask(request("GET", "/injected"))
+    after = await raw.ask(request("GET", "/ping"))
+
+    assert answer.status == 500 and "Set-Cookie" not in answer.headers
+    assert after.status == 200
 
 
 async def test_handler_raising_gets_a_500_json_error_and_the_server_keeps_serving(
