@@ -10,7 +10,7 @@ import msgspec
 
 from inventory_service import store
 from jetsaga import leanhttp
-from jetsaga.http import error, json_response
+from jetsaga.leanhttp import error, json_response
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""HTTP endpoints every service serves (SPEC §1) and small helpers for JSON handlers."""
+"""HTTP endpoints every service serves (SPEC §1)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from jetsaga import db
-from jetsaga.leanhttp import MAX_BODY, Request, Response, Route, error, get, json_response
-
-__all__ = ["MAX_BODY", "base_routes", "error", "json_response"]
+from jetsaga.leanhttp import Request, Response, Route, get, json_response
 
 
 def base_routes(nc: NATS, pool: asyncpg.Pool) -> list[Route]:

@@ -19,7 +19,7 @@ import msgspec
 from jetsaga import contracts as c
 from jetsaga import leanhttp, tracing
 from jetsaga.config import Settings
-from jetsaga.http import error, json_response
+from jetsaga.leanhttp import error, json_response
 from jetsaga.outbox import outgoing
 from order_service import metrics, store
 from order_service.intake import IntakeWriter

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncpg
 
 from jetsaga import leanhttp
-from jetsaga.http import error, json_response
+from jetsaga.leanhttp import error, json_response
 from payment_service import store
 
 
