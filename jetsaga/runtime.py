@@ -95,6 +95,9 @@ async def _connect_nats(settings: Settings, name: str) -> NATS:
         reconnected_cb=on_reconnect,
         error_cb=on_error,
         pending_size=64 * 1024 * 1024,
+        # Workers publish and subscribe only to the contract's subjects and to reply
+        # subjects the server gave them: checking each one again is wasted work.
+        skip_subject_validation=True,
     )
 
 
