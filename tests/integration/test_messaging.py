@@ -78,6 +78,40 @@ async def test_dependency_outage_holds_the_batch_without_spending_deliveries(bus
     await task
 
 
+async def test_a_batch_held_past_its_ack_wait_is_not_redelivered(bus: NATS) -> None:
+    """The heartbeat: a handler slower than the ack wait keeps its messages."""
+    spec = ConsumerSpec(durable="slow", stream="ORDERS", filter_subjects=("orders.created",),
+                        ack_wait_s=2.0)  # fmt: skip
+    await setup.ensure_consumer(bus.jsm(), spec, out=lambda _: None)
+    loop = asyncio.get_running_loop()
+    calls: list[int] = []
+    release = asyncio.Event()
+
+    async def handler(batch: Sequence[Delivery]) -> int:
+        calls.extend(d.num_delivered for d in batch)
+        await release.wait()  # a handler that takes several ack waits
+        return 0
+
+    stop, task = await run_consumer(bus, handler, spec)
+    await publish(bus, created("slow-1"))
+    await wait_until(lambda: calls == [1], message="the message taken")
+    taken_at = loop.time()
+    await wait_until(
+        lambda: loop.time() - taken_at > 5.0, timeout=15, message="2.5 ack waits passed"
+    )
+    info = await bus.jsm().consumer_info("ORDERS", "slow")
+    assert info.num_redelivered == 0 and info.num_ack_pending == 1
+    release.set()
+
+    async def acked() -> bool:
+        return (await bus.jsm().consumer_info("ORDERS", "slow")).num_ack_pending == 0
+
+    await wait_until(acked, message="acked once released")
+    assert calls == [1]
+    stop.set()
+    await task
+
+
 async def test_worker_dying_on_every_delivery_reaches_the_dead_letters_by_advisory(
     bus: NATS,
 ) -> None:
