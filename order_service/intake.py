@@ -7,6 +7,11 @@ for company first: PostgreSQL spends about 0.2 ms of CPU setting up the six-tabl
 and 0.13 ms committing it, whatever the group's size, and 0.05 ms per order in it (measured:
 0.265 ms for a group of one, 0.07 ms an order in a group of 16). Without the linger, most
 groups at 250 orders/s held a single order.
+
+One writer, by default: requests that come while its group commits wait for the next one,
+so groups grow with the load. Four writers split the same requests into smaller groups:
+at 1,000 orders/s the order database spent 0.32 ms of CPU per order with four and 0.28 ms
+with one (three alternating runs each), with the same POST latency.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ class IntakeWriter:
         self,
         pool: asyncpg.Pool,
         relay: OutboxRelay | None = None,
-        writers: int = 4,
+        writers: int = 1,
         linger: float = LINGER_S,
     ) -> None:
         self._pool = pool
