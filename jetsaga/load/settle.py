@@ -5,8 +5,8 @@ does not add a storm of reads to the system it measures. A straggler is an order
 5 s, or for twice the p99 of the orders that went final in the last two seconds if that is
 longer: an order whose final event was lost stands out against its neighbours, while a
 system that is merely slow has every order late. (With a fixed 5 s, a run at 1,000/s whose
-p99 passed 5 s drew 200 GETs a second on top of its load, and never caught up.) Without
-NATS, every open order is fetched, round after round.
+p99 passed 5 s drew up to 200 GETs a second on top of its load, and fell further behind.)
+Without NATS, every open order is fetched, round after round.
 """
 
 from __future__ import annotations
