@@ -10,6 +10,7 @@ import asyncpg
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from jetsaga import config, contracts, deadletter, inbox, outbox, setup
 from jetsaga.consumer import Delivery, TransientError
@@ -83,9 +84,14 @@ async def test_a_batch_held_past_its_ack_wait_is_not_redelivered(bus: NATS) -> N
     spec = ConsumerSpec(durable="slow", stream="ORDERS", filter_subjects=("orders.created",),
                         ack_wait_s=2.0)  # fmt: skip
     await setup.ensure_consumer(bus.jsm(), spec, out=lambda _: None)
-    loop = asyncio.get_running_loop()
     calls: list[int] = []
     release = asyncio.Event()
+    beats: list[bytes] = []
+
+    async def on_ack_subject(msg: Msg) -> None:  # a copy of what the consumer tells the server
+        beats.append(msg.data)
+
+    await bus.subscribe("$JS.ACK.ORDERS.slow.>", cb=on_ack_subject)
 
     async def handler(batch: Sequence[Delivery]) -> int:
         calls.extend(d.num_delivered for d in batch)
@@ -95,10 +101,8 @@ async def test_a_batch_held_past_its_ack_wait_is_not_redelivered(bus: NATS) -> N
     stop, task = await run_consumer(bus, handler, spec)
     await publish(bus, created("slow-1"))
     await wait_until(lambda: calls == [1], message="the message taken")
-    taken_at = loop.time()
-    await wait_until(
-        lambda: loop.time() - taken_at > 5.0, timeout=15, message="2.5 ack waits passed"
-    )
+    # Three beats, a second apart from a second in: past the 2 s ack wait.
+    await wait_until(lambda: beats.count(b"+WPI") >= 3, message="three heartbeats")
     info = await bus.jsm().consumer_info("ORDERS", "slow")
     assert info.num_redelivered == 0 and info.num_ack_pending == 1
     release.set()
