@@ -6,8 +6,14 @@ latency, lost orders, CPU per saga over every process of the stack plus the runn
 /proc), and the peak RSS of each worker. The capacity is the highest rate with 0 lost and
 p99 <= 500 ms. Everything lands in bench/results/<stamp>-<gateway>/.
 
+Each step first sends at its rate for `--step-warmup` seconds, then for `--duration`
+seconds: throughput and latency are those of the measured part, the steady state at that
+rate; lost orders, stock, CPU and RSS cover the whole step. The warm-up shows, shaded, in
+each step's chart. `--step-warmup 0` measures each step from a standing start instead.
+
     python -m bench.ladder [--rates 250,500,1000,1500,2000] [--duration 60] [--warmup 10]
-                           [--gateway fake|stripe] [--settle-timeout 120] [--keep-going]
+                           [--step-warmup 10] [--gateway fake|stripe] [--settle-timeout 120]
+                           [--keep-going]
 """
 
 from __future__ import annotations
@@ -37,7 +43,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def load(
-    rate: float, duration: float, settle: float, out: Path, label: str, nats_url: str
+    rate: float,
+    duration: float,
+    settle: float,
+    out: Path,
+    label: str,
+    nats_url: str,
+    warmup: float = 0.0,
 ) -> tuple[dict[str, Any], float]:
     return run_load(
         url=URL,
@@ -48,6 +60,7 @@ def load(
         settle=settle,
         out=out,
         label=label,
+        warmup=warmup,
     )
 
 
@@ -55,8 +68,9 @@ def step(up: Child, rate: float, args: argparse.Namespace, out: Path, nats_url: 
     before, busy0, t0 = procfs.cpu_by_role(up.pid), procfs.machine_busy_s(), time.monotonic()
     with procfs.RssSampler(up.pid) as rss:
         report, runner_s = load(
-            rate, args.duration, args.settle_timeout, out, f"rate-{rate:g}", nats_url
-        )
+            rate, args.duration, args.settle_timeout, out, f"rate-{rate:g}", nats_url,
+            args.step_warmup,
+        )  # fmt: skip
     after, busy1, t1 = procfs.cpu_by_role(up.pid), procfs.machine_busy_s(), time.monotonic()
     cpu = {k: round(v - before.get(k, 0.0), 2) for k, v in after.items()}
     cpu["runner"] = round(runner_s, 2)
@@ -97,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default="250,500,1000,1500,2000")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per step")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds at the first rate")
+    parser.add_argument(
+        "--step-warmup", type=float, default=10.0,
+        help="seconds at each step's rate before its measured duration",
+    )  # fmt: skip
     parser.add_argument("--gateway", choices=["fake", "stripe"], default="fake")
     parser.add_argument("--settle-timeout", type=float, default=120.0)
     parser.add_argument("--data-dir", default=None, help="for jetsaga up (default: a temp dir)")
@@ -111,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         up = start_stack(Path(args.data_dir or tmp), args.gateway, out)
         steps: list[Step] = []
         try:
-            print(f"stack up (gateway {args.gateway}, {os.cpu_count()} cores); results in {out}")
+            print(
+                f"stack up (gateway {args.gateway}, {os.cpu_count()} cores); each step"
+                f" {args.step_warmup:g} s of warm-up, then {args.duration:g} s measured;"
+                f" results in {out}"
+            )
             if args.warmup > 0:
                 load(rates[0], args.warmup, args.settle_timeout, out, "warmup", nats_url)
             print(HEADER, flush=True)
@@ -130,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "gateway": args.gateway,
                     "durationS": args.duration,
+                    "stepWarmupS": args.step_warmup,
                     "steps": steps,
                     "capacity": capacity(steps),
                 }

@@ -33,14 +33,16 @@ def run_load(
     out: Path,
     label: str,
     cpus: Set[int] | None = None,
+    warmup: float = 0.0,
 ) -> tuple[dict[str, Any], float]:
-    """`jetsaga load` with 10% declines and 5% out of stock, its report in `out/label.*`;
-    returns the report and the runner's CPU seconds (user + system)."""
+    """`jetsaga load` with 10% declines and 5% out of stock (and `warmup` seconds at the
+    same rate first, outside its figures), its report in `out/label.*`; returns the report
+    and the runner's CPU seconds (user + system)."""
     report_path = out / f"{label}.json"
     argv = [
         sys.executable, "-m", "jetsaga.cli", "load",
         "--url", url, "--inventory-url", inventory_url, "--nats-url", nats_url,
-        "--rate", f"{rate:g}", "--duration", f"{duration:g}",
+        "--rate", f"{rate:g}", "--duration", f"{duration:g}", "--warmup", f"{warmup:g}",
         "--decline-ratio", "0.1", "--out-of-stock-ratio", "0.05",
         "--settle-timeout", f"{settle:g}", "--no-progress",
         "--json", str(report_path), "--chart", str(out / f"{label}.html"),

@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--inventory-url", default="http://127.0.0.1:3006")
     load.add_argument("--rate", type=float, default=100.0, help="orders per second")
     load.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
+    load.add_argument(
+        "--warmup", type=float, default=0.0,
+        help="seconds of sending at --rate before --duration; those orders are counted for"
+        " loss and stock, not in throughput or latency",
+    )  # fmt: skip
     load.add_argument("--decline-ratio", type=float, default=0.0)
     load.add_argument("--out-of-stock-ratio", type=float, default=0.0)
     load.add_argument("--settle-timeout", type=float, default=60.0)

@@ -39,7 +39,11 @@ def nice_ceiling(value: float) -> float:
 
 
 def _panel(
-    title: str, unit: str, xs: Sequence[int], series: dict[str, Sequence[float | None]]
+    title: str,
+    unit: str,
+    xs: Sequence[int],
+    series: dict[str, Sequence[float | None]],
+    warmup_s: float = 0.0,
 ) -> str:
     top = nice_ceiling(max((v for s in series.values() for v in s if v is not None), default=1))
     x_max = max(max(xs, default=0), 1)
@@ -70,6 +74,12 @@ def _panel(
         f'<text x="12" y="{_T + ph / 2}" transform="rotate(-90 12 {_T + ph / 2})" '
         f'text-anchor="middle">{html.escape(unit)}</text>'
     )
+    if warmup_s > 0:  # shade the warm-up: shown, but not in the report's figures
+        out.append(
+            f'<rect x="{_L}" y="{_T}" width="{x(min(warmup_s, x_max)) - _L:.1f}" height="{ph}"'
+            ' fill="#f4f4f4"/>'
+            f'<text x="{_L + 4}" y="{_T + 12}" fill="#888">warm-up</text>'
+        )
     for n, (name, values) in enumerate(series.items()):
         pts = " ".join(
             f"{x(t):.1f},{y(v):.1f}" for t, v in zip(xs, values, strict=True) if v is not None
@@ -104,15 +114,21 @@ def render_html(report: Report) -> str:
         f"max {lat.max:,.1f} ms"
     )
     rates = _panel(
-        "orders per second", "orders/s", xs, {k: cols[k] for k in ("sent", "accepted", "final")}
+        "orders per second",
+        "orders/s",
+        xs,
+        {k: cols[k] for k in ("sent", "accepted", "final")},
+        run.warmup,
     )
     latency = _panel(
         "latency, due time to final status (orders that went final that second)",
         "ms",
         xs,
         {k: cols[k] for k in ("p50", "p95", "p99")},
+        run.warmup,
     )
-    title = html.escape(f"jetsaga load {run.run_id}: {run.rate:g}/s for {run.duration:g} s")
+    warmup = f" after {run.warmup:g} s of warm-up" if run.warmup else ""
+    title = html.escape(f"jetsaga load {run.run_id}: {run.rate:g}/s for {run.duration:g} s{warmup}")
     return (
         f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{title}</title></head>'
         f'<body style="font-family:sans-serif"><h2>{title}</h2>'
@@ -138,6 +154,9 @@ def write_png(report: Report, path: Path) -> None:
     top.set_ylabel("orders/s")
     bottom.set_ylabel("latency, ms")
     bottom.set_xlabel("seconds")
+    if report.run.warmup > 0:
+        for ax in (top, bottom):
+            ax.axvspan(0, report.run.warmup, color="#f4f4f4", label="warm-up")
     top.legend()
     bottom.legend()
     fig.suptitle(f"jetsaga load {report.run.run_id}: {report.run.rate:g}/s")

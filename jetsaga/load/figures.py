@@ -5,7 +5,8 @@ from __future__ import annotations
 import msgspec
 from hdrh.histogram import HdrHistogram
 
-from jetsaga.load.tracker import Tracker
+from jetsaga.load.arrivals import due_offset_ns
+from jetsaga.load.tracker import Post, Tracker
 
 _NS_PER_S = 1e9
 
@@ -23,9 +24,11 @@ class Latency(msgspec.Struct, kw_only=True, rename="camel"):
 
 
 class Throughput(msgspec.Struct, kw_only=True, rename="camel"):
+    """Of the measured orders (those after the warm-up, if the run had one)."""
+
     window_s: float  # the sending window: due time of the first order to that of the last
     final_per_s: float  # orders that went final inside the window, per second of it
-    final_per_s_overall: float  # all final orders, from the first due time to the last final
+    final_per_s_overall: float  # measured final orders, from the first due time to the last final
     accepted_per_s: float
     sent_per_s: float
 
@@ -81,16 +84,21 @@ def time_series(tracker: Tracker) -> list[Point]:
 
 
 def throughput(tracker: Tracker, rate: float) -> Throughput:
-    window_ns = max(tracker.count, 1) / rate * _NS_PER_S
-    end_ns = tracker.start_ns + window_ns
-    final_ns = [t for t in tracker.final_ns if t]
-    in_window = sum(1 for t in final_ns if t <= end_ns)
-    overall_s = (max(final_ns, default=tracker.start_ns) - tracker.start_ns) / _NS_PER_S
+    """Over the window of the measured orders; a final inside it counts whichever order it
+    was, so a system still catching up on its warm-up shows that here."""
+    first = tracker.measured_from
+    start_ns = tracker.start_ns + due_offset_ns(first, rate)
+    window_ns = max(tracker.count - first, 1) / rate * _NS_PER_S
+    end_ns = start_ns + window_ns
+    in_window = sum(1 for t in tracker.final_ns if t and start_ns <= t <= end_ns)
+    measured = [t for t in tracker.final_ns[first:] if t]
+    overall_s = (max(measured, default=start_ns) - start_ns) / _NS_PER_S
     window_s = window_ns / _NS_PER_S
+    posts = tracker.post[first:]
     return Throughput(
         window_s=round(window_s, 3),
         final_per_s=round(in_window / window_s, 1),
-        final_per_s_overall=round(len(final_ns) / overall_s, 1) if overall_s > 0 else 0.0,
-        accepted_per_s=round(tracker.accepted / window_s, 1),
-        sent_per_s=round(tracker.sent / window_s, 1),
+        final_per_s_overall=round(len(measured) / overall_s, 1) if overall_s > 0 else 0.0,
+        accepted_per_s=round(posts.count(Post.ACCEPTED) / window_s, 1),
+        sent_per_s=round((len(posts) - posts.count(Post.UNSENT)) / window_s, 1),
     )

@@ -19,6 +19,7 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     nats_url: str = DEFAULT_NATS_URL
     rate: float = 100.0
     duration: float = 10.0
+    warmup: float = 0.0  # seconds at `rate` before `duration`, not measured
     decline_ratio: float = 0.0
     out_of_stock_ratio: float = 0.0
     settle_timeout: float = 60.0
@@ -31,6 +32,8 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
         validate_ratios(self.decline_ratio, self.out_of_stock_ratio)
         if self.rate <= 0 or self.duration <= 0:
             raise ValueError("--rate and --duration must be positive")
+        if self.warmup < 0:
+            raise ValueError("--warmup must not be negative")
         if self.products < 1 or self.max_in_flight < 1 or self.settle_timeout < 0:
             raise ValueError("--products and --max-in-flight must be >= 1, --settle-timeout >= 0")
         if urlsplit(self.url).scheme != "http":
@@ -45,6 +48,7 @@ def from_args(args: argparse.Namespace) -> Options:
         nats_url=args.nats_url or os.environ.get("NATS_URL") or DEFAULT_NATS_URL,
         rate=args.rate,
         duration=args.duration,
+        warmup=args.warmup,
         decline_ratio=args.decline_ratio,
         out_of_stock_ratio=args.out_of_stock_ratio,
         settle_timeout=args.settle_timeout,

@@ -26,15 +26,16 @@ def _counts(counts: dict[str, int]) -> str:
 def render(report: Report, console: Console) -> None:
     run = report.run
     verdict = "[green]PASS[/]" if report.exit_code == 0 else "[bold red]FAIL[/]"
+    warmup = f" after {run.warmup:g} s of warm-up" if run.warmup else ""
     console.print(
-        f"[bold]jetsaga load[/] run {run.run_id}: {run.rate:g}/s for {run.duration:g} s "
+        f"[bold]jetsaga load[/] run {run.run_id}: {run.rate:g}/s for {run.duration:g} s{warmup} "
         f"against {run.url} (final statuses via {run.status_source})  {verdict}"
     )
     for note in run.notes:
         console.print(f"  [yellow]note:[/] {note}")
     t = report.throughput
     lines = [
-        ("sent", f"{report.sent:,}"),
+        ("sent", f"{report.sent:,}" + _warmup_share(report)),
         (
             "accepted",
             f"{report.accepted:,}"
@@ -87,6 +88,15 @@ def render(report: Report, console: Console) -> None:
     console.print(table)
     if report.lost_order_ids:
         console.print("  lost, first few: " + " ".join(report.lost_order_ids))
+
+
+def _warmup_share(report: Report) -> str:
+    if not report.warmup_orders:
+        return ""
+    return (
+        f" ({report.warmup_orders:,} in the warm-up: counted here and for loss and stock,"
+        " not in throughput or latency)"
+    )
 
 
 def _stock(report: Report) -> str:

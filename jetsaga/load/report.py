@@ -2,6 +2,8 @@
 
 Latency is from each order's due time to its final status (what a user waiting on an open
 system sees); the same from the actual send is kept alongside, and the POST answer time too.
+Counts, losses and stock cover every order; latency and throughput only those sent after the
+warm-up, if the run had one.
 """
 
 from __future__ import annotations
@@ -32,15 +34,17 @@ class RunInfo(msgspec.Struct, kw_only=True, rename="camel"):
     url: str
     started_at: str
     rate: float
-    duration: float
+    duration: float  # measured seconds, after the warm-up
     decline_ratio: float
     out_of_stock_ratio: float
     status_source: str  # "nats" (pushed, GET for stragglers) or "polling"
+    warmup: float = 0.0  # seconds sent at the same rate before the measured duration
     notes: list[str] = msgspec.field(default_factory=list)
 
 
 class Report(msgspec.Struct, kw_only=True, rename="camel"):
     run: RunInfo
+    warmup_orders: int  # the first orders, sent during the warm-up; in `sent` and after
     sent: int
     accepted: int
     accepted_after_error: int  # ambiguous POSTs found on the server afterwards
@@ -83,6 +87,7 @@ def build(info: RunInfo, tracker: Tracker, sender: SenderStats, stock: StockChec
     lost = outcomes[Outcome.NONE]
     return Report(
         run=info,
+        warmup_orders=tracker.measured_from,
         sent=tracker.sent,
         accepted=tracker.accepted,
         accepted_after_error=tracker.found_after_error,

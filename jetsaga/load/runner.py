@@ -39,7 +39,8 @@ async def execute(
     `orders`, if given, is filled with each accepted order's id and the final status seen
     (PENDING if none), so that a caller can hold the report against the database."""
     opts.validate()
-    count = arrivals.order_count(opts.rate, opts.duration)
+    warm = arrivals.order_count(opts.rate, opts.warmup)
+    count = warm + arrivals.order_count(opts.rate, opts.duration)
     workload = Workload(new_run_id(), opts.products)
     levels = {p: workload.stock_per_product(count) for p in workload.product_ids}
     levels[workload.out_of_stock_id] = 0
@@ -48,11 +49,11 @@ async def execute(
         run_id=workload.run_id, url=opts.url, rate=opts.rate, duration=opts.duration,
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         decline_ratio=opts.decline_ratio, out_of_stock_ratio=opts.out_of_stock_ratio,
-        status_source="polling",
+        status_source="polling", warmup=opts.warmup,
     )  # fmt: skip
     async with sender.open_session(64) as gets:
         await stock.set_stock(gets, opts.inventory_url, levels)
-        tracker = Tracker(count, 0)
+        tracker = Tracker(count, 0, measured_from=warm)
         watcher = watch.Watcher(tracker)
         if await watcher.start(opts.nats_url):
             info.status_source = "nats"

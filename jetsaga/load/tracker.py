@@ -3,6 +3,8 @@
 The hot path (one call per send, response and final status) only appends and counts;
 percentiles are computed when asked. Latency is kept twice, from the order's due time
 (free of coordinated omission) and from its actual send, in microsecond HDR histograms.
+Orders before `measured_from` are the warm-up: tracked like every other order (they can be
+lost), but kept out of the latency histograms; the per-second series has them all.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ EXPECTED = {
 }
 
 
+def clamped_us(ns: int) -> int:
+    """A duration in nanoseconds as the microseconds a histogram records."""
+    return min(max(ns // _NS_PER_US, 1), _MAX_US)
+
+
 def new_histogram() -> HdrHistogram:
     return HdrHistogram(1, _MAX_US, 3)
 
@@ -70,7 +77,7 @@ class Latencies:
 
     def record(self, ns: int) -> int:
         """Record a duration in nanoseconds; returns it in (clamped) microseconds."""
-        us = min(max(ns // _NS_PER_US, 1), _MAX_US)
+        us = clamped_us(ns)
         shift = max(us.bit_length() - _EXACT_BITS, 0)
         self._counts[us >> shift << shift] += 1  # the lowest value of its bucket, or finer
         return us
@@ -95,9 +102,12 @@ class Second:
 
 
 class Tracker:
-    def __init__(self, count: int, start_ns: int) -> None:
+    def __init__(self, count: int, start_ns: int, measured_from: int = 0) -> None:
+        if not 0 <= measured_from <= count:
+            raise ValueError("measured_from must be between 0 and count")
         self.count = count
         self.start_ns = start_ns
+        self.measured_from = measured_from  # index of the first order after the warm-up
         self.order_ids: list[str] = [""] * count
         self.index: dict[str, int] = {}
         self.kinds = bytearray(count)
@@ -151,7 +161,8 @@ class Tracker:
         else:
             self.errors[what] += 1
         if outcome is Post.ACCEPTED:
-            self.post_latency.record(now_ns - self.sent_ns[i])
+            if i >= self.measured_from:
+                self.post_latency.record(now_ns - self.sent_ns[i])
             self.second(now_ns).accepted += 1
             self._accept(i)
         self._check_idle()
@@ -181,8 +192,11 @@ class Tracker:
         self.final[i] = final
         self.final_ns[i] = at_ns
         self.final_source[source] += 1
-        us = self.latency_due.record(at_ns - self.due_ns[i])
-        self.latency_sent.record(at_ns - self.sent_ns[i])
+        if i >= self.measured_from:
+            us = self.latency_due.record(at_ns - self.due_ns[i])
+            self.latency_sent.record(at_ns - self.sent_ns[i])
+        else:
+            us = clamped_us(at_ns - self.due_ns[i])
         bucket = self.second(at_ns)
         bucket.final += 1
         bucket.latencies_us.append(us)

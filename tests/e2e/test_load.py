@@ -27,7 +27,8 @@ async def test_a_short_load_loses_nothing_and_its_report_matches_the_database(
         inventory_url=system.inventory_url,
         nats_url=nats_url,
         rate=40.0,
-        duration=10.0,
+        duration=8.0,
+        warmup=2.0,  # its orders are counted and checked like the others
         decline_ratio=0.1,
         out_of_stock_ratio=0.05,
         settle_timeout=60.0,
@@ -36,6 +37,7 @@ async def test_a_short_load_loses_nothing_and_its_report_matches_the_database(
     report = await execute(opts, Console(file=io.StringIO()), orders=seen)
 
     assert report.sent == report.accepted == 400, (report.rejected, report.transport_errors)
+    assert report.warmup_orders == 80 and report.latency.count == 320
     assert report.lost == 0, report.lost_order_ids
     assert report.exit_code == 0
     assert report.run.status_source == "nats"

@@ -6,6 +6,7 @@ import importlib.util
 import re
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from jetsaga.load.arrivals import Kind
@@ -57,6 +58,18 @@ def test_html_chart_is_one_file_with_inline_svg_and_nothing_fetched(tmp_path: Pa
     points = re.search(r'points="([^"]+)"', page)
     assert points is not None
     assert len(points.group(1).split()) == len(report.time_series) == 4  # one point a second
+
+
+def test_html_chart_shades_the_warm_up(tmp_path: Path) -> None:
+    report = three_second_report()
+    path = tmp_path / "plain.html"
+    write_chart(report, path)
+    assert "warm-up" not in path.read_text(encoding="utf-8")
+    warm = msgspec.structs.replace(report, run=msgspec.structs.replace(report.run, warmup=1.0))
+    write_chart(warm, path)
+    page = path.read_text(encoding="utf-8")
+    assert page.count("<rect") == 2 and page.count(">warm-up</text>") == 2
+    assert "for 3 s after 1 s of warm-up" in page
 
 
 def test_png_chart_needs_matplotlib(tmp_path: Path) -> None:

@@ -181,6 +181,35 @@ def test_throughput_counts_finals_inside_the_sending_window() -> None:
     assert t.final_per_s_overall == pytest.approx(100 / 2.99, rel=1e-2)  # last final: 2.99 s
 
 
+def test_warm_up_orders_count_for_loss_but_not_for_latency_or_throughput() -> None:
+    # 200 orders at 100/s: the first 100 are a 1 s warm-up, slow (500 ms) and one never
+    # final; the measured 100 take 5 ms each.
+    tracker = Tracker(200, START, measured_from=100)
+    for i in range(200):
+        order_id = send(tracker, i)
+        if i != 3:
+            late = 500 if i < 100 else 5
+            tracker.on_final(order_id, Outcome.CONFIRMED, START + (i * 10 + late) * MS, "nats")
+    report = build(msgspec.structs.replace(INFO, warmup=1.0), tracker, SENDER, STOCK_OK)
+    assert report.warmup_orders == 100 and report.sent == 200 and report.accepted == 200
+    assert report.lost == 1 and report.lost_order_ids == ["o3"] and report.exit_code == 1
+    assert report.latency.count == 100 and report.latency.max == pytest.approx(5, rel=1e-3)
+    assert report.latency_from_send.count == 100 and report.post_latency.count == 100
+    t = report.throughput
+    assert t.window_s == 1.0 and t.accepted_per_s == 100.0 and t.sent_per_s == 100.0
+    # Inside the measured second: 100 measured finals and the warm-up's last 50 (late).
+    assert t.final_per_s == 150.0
+    assert t.final_per_s_overall == pytest.approx(100 / 0.995, rel=1e-3)
+    # The per-second series still shows the warm-up, its latency included.
+    points = report.time_series
+    assert sum(p.sent for p in points) == 200 and points[0].p50 == pytest.approx(500, rel=1e-3)
+
+
+def test_a_warm_up_longer_than_the_run_is_refused() -> None:
+    with pytest.raises(ValueError, match="measured_from"):
+        Tracker(10, START, measured_from=11)
+
+
 def test_time_series_has_a_point_per_second_with_its_percentiles() -> None:
     tracker = Tracker(3, START)
     tracker.on_final(send(tracker, 0), Outcome.CONFIRMED, START + 100 * MS, "nats")
