@@ -127,8 +127,7 @@ def render_html(report: Report) -> str:
         {k: cols[k] for k in ("p50", "p95", "p99")},
         run.warmup,
     )
-    warmup = f" after {run.warmup:g} s of warm-up" if run.warmup else ""
-    title = html.escape(f"jetsaga load {run.run_id}: {run.rate:g}/s for {run.duration:g} s{warmup}")
+    title = html.escape(f"jetsaga load {run.run_id}: {run.load_shape()}")
     return (
         f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{title}</title></head>'
         f'<body style="font-family:sans-serif"><h2>{title}</h2>'

@@ -26,9 +26,8 @@ def _counts(counts: dict[str, int]) -> str:
 def render(report: Report, console: Console) -> None:
     run = report.run
     verdict = "[green]PASS[/]" if report.exit_code == 0 else "[bold red]FAIL[/]"
-    warmup = f" after {run.warmup:g} s of warm-up" if run.warmup else ""
     console.print(
-        f"[bold]jetsaga load[/] run {run.run_id}: {run.rate:g}/s for {run.duration:g} s{warmup} "
+        f"[bold]jetsaga load[/] run {run.run_id}: {run.load_shape()} "
         f"against {run.url} (final statuses via {run.status_source})  {verdict}"
     )
     for note in run.notes:

@@ -41,6 +41,11 @@ class RunInfo(msgspec.Struct, kw_only=True, rename="camel"):
     warmup: float = 0.0  # seconds sent at the same rate before the measured duration
     notes: list[str] = msgspec.field(default_factory=list)
 
+    def load_shape(self) -> str:
+        """`500/s for 60 s`, and the warm-up if there was one."""
+        warmup = f" after {self.warmup:g} s of warm-up" if self.warmup else ""
+        return f"{self.rate:g}/s for {self.duration:g} s{warmup}"
+
 
 class Report(msgspec.Struct, kw_only=True, rename="camel"):
     run: RunInfo
