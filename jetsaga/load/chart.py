@@ -158,7 +158,7 @@ def write_png(report: Report, path: Path) -> None:
             ax.axvspan(0, report.run.warmup, color="#f4f4f4", label="warm-up")
     top.legend()
     bottom.legend()
-    fig.suptitle(f"jetsaga load {report.run.run_id}: {report.run.rate:g}/s")
+    fig.suptitle(f"jetsaga load {report.run.run_id}: {report.run.load_shape()}")
     fig.savefig(path)
     plt.close(fig)
 
