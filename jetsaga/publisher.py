@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import errors as js_errors
 
+from jetsaga import natsclient
 from jetsaga.contracts import MSG_ID
 
 Message = tuple[str, bytes, dict[str, str]]  # subject, payload, headers
@@ -115,11 +116,11 @@ class Publisher:
             async with self._lock:
                 if self._sub is None:
                     prefix = self._nc.new_inbox() + "."
-                    self._sub = await self._nc.subscribe(prefix + "*", cb=self._on_reply)
+                    self._sub = await natsclient.subscribe(self._nc, prefix + "*", self._on_reply)
                     self._prefix = prefix
         return self._prefix
 
-    async def _on_reply(self, msg: Msg) -> None:
+    def _on_reply(self, msg: Msg) -> None:
         waiting = self._pending.pop(msg.subject[len(self._prefix) :], None)
         if waiting is None:
             return  # the ack of a batch that already timed out

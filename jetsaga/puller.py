@@ -30,6 +30,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from jetsaga import natsclient
+
 log = logging.getLogger(__name__)
 
 EXPIRES_S = 5.0  # how long one pull request lives on the server
@@ -71,7 +73,7 @@ class StandingPull:
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(self._nc.new_inbox(), cb=self._on_message)
+        self._sub = await natsclient.subscribe(self._nc, self._nc.new_inbox(), self._on_message)
 
     async def stop(self) -> list[Msg]:
         """Stop asking; returns the messages delivered but not yet taken, for the caller to
@@ -130,7 +132,7 @@ class StandingPull:
             self._heard_at = now  # the silence clock starts with the first request
         self._outstanding += want
 
-    async def _on_message(self, msg: Msg) -> None:
+    def _on_message(self, msg: Msg) -> None:
         self._heard_at = time.monotonic()
         if msg.reply:  # a stream message: its reply subject is where the ack goes
             self._outstanding = max(0, self._outstanding - 1)

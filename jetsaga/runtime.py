@@ -23,7 +23,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from jetsaga import db, tracing
+from jetsaga import db, natsclient, tracing
 from jetsaga.config import Settings
 from jetsaga.consumer import Consumer, Handler
 from jetsaga.contracts import ConsumerSpec
@@ -85,7 +85,7 @@ async def _connect_nats(settings: Settings, name: str) -> NATS:
     async def on_error(exc: Exception) -> None:
         log.warning("NATS error", extra={"error": repr(exc)})
 
-    return await nats.connect(
+    return await natsclient.connect(
         settings.nats_url,
         name=name,
         connect_timeout=2,

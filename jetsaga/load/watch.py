@@ -15,10 +15,10 @@ from typing import Final
 
 import aiohttp
 import msgspec
-import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from jetsaga import natsclient
 from jetsaga.contracts import ORDERS_CANCELLED, ORDERS_CONFIRMED, ORDERS_FAILED
 from jetsaga.load.tracker import OUTCOME_BY_NAME, Outcome, Post, Tracker
 
@@ -63,7 +63,7 @@ class Watcher:
 
         try:
             # Fail fast when nobody is there: one retry, 0.1 s apart.
-            client = await nats.connect(
+            client = await natsclient.connect(
                 url,
                 connect_timeout=2,
                 max_reconnect_attempts=1,
@@ -74,7 +74,7 @@ class Watcher:
             client.options["max_reconnect_attempts"] = 60
             client.options["reconnect_time_wait"] = 0.5
             for subject in SUBJECTS:
-                await client.subscribe(subject, cb=self._on_msg, pending_msgs_limit=1_000_000)
+                await client.subscribe_direct(subject, self._on_msg)
             await client.flush()  # the server has our interest before the first order goes
         except Exception as exc:  # any failure to watch means: poll instead
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -82,7 +82,7 @@ class Watcher:
         self.client = client
         return True
 
-    async def _on_msg(self, msg: Msg) -> None:
+    def _on_msg(self, msg: Msg) -> None:
         try:
             order_id = _ended.decode(msg.data).order_id
         except msgspec.DecodeError:

@@ -1,0 +1,144 @@
+"""A nats-py client with a cheaper path for the messages a worker handles by the thousand.
+
+nats-py hands every incoming message to its subscription through an `asyncio.Queue` and a
+task per subscription, which then awaits the callback; before that it parses the headers in a
+coroutine of their own and builds the `Msg`. For a standing pull's deliveries and a
+publisher's acks the callback only files the message away, so `subscribe_direct` calls it at
+once, from the read loop, with the `Msg` built straight from the parsed frame. Measured on
+this machine with four headers: 9.4-10.0 µs of CPU per message through the queue, 4.6-5.4
+direct.
+
+Publishing with headers, nats-py checks each header name against a regular expression and
+builds the block byte by byte: 7 µs per message with three headers, against 1.5 µs for one
+without. Header names that passed the check once are remembered here, and the block of a
+message whose values need no cleaning is written in one go. Anything unusual (a value with a
+line break or surrounding blanks, a name not seen before, a status line in a received
+block) takes nats-py's own path, so the wire and the errors stay nats-py's.
+
+Both rest on nats-py's internal `_process_msg` and `_send_publish` (2.16); the integration
+tests run every worker through them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.client import _HEADER_KEY_RE
+from nats.aio.client import Client as _Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.protocol.command import hpub_cmd
+
+DirectHandler = Callable[[Msg], None]
+
+_PLAIN = b"NATS/1.0\r\n"  # a header block with no inline status
+
+
+def _queued(handler: DirectHandler) -> Callable[[Msg], Awaitable[None]]:
+    """The handler as a nats-py callback, for messages that come through its queue."""
+
+    async def callback(msg: Msg) -> None:
+        handler(msg)
+
+    return callback
+
+
+class Client(_Client):
+    def __init__(self) -> None:
+        super().__init__()
+        self._direct: dict[int, DirectHandler] = {}
+        self._header_names: dict[str, bytes] = {}  # checked name -> b"Name: "
+
+    async def subscribe_direct(self, subject: str, handler: DirectHandler) -> Subscription:
+        """Subscribe with a plain function called as each message arrives, in the read loop:
+        it must not block. Status messages (no responders, pull request ends, heartbeats)
+        reach it too, through nats-py's queue, so one may come after a message that arrived
+        later than it."""
+        sub = await self.subscribe(subject, cb=_queued(handler))
+        self._direct[sub._id] = handler
+        return sub
+
+    def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
+        self._direct.pop(sid, None)
+        super()._remove_sub(sid, max_msgs)
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+    ) -> None:
+        handler = self._direct.get(sid)
+        if handler is None or sid not in self._subs or (headers and not headers.startswith(_PLAIN)):
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
+        self._subs[sid]._received += 1
+        parsed = self._parse_header_lines(headers[len(_PLAIN) :]) if headers else None
+        msg = self.msg_class(
+            subject=subject.decode(),
+            reply=reply.decode(),
+            data=data,
+            headers=parsed or None,
+            _client=self,
+            _sid=sid,
+        )
+        try:
+            handler(msg)
+        except Exception as exc:  # as nats-py does for a failing callback
+            await self._error_cb(exc)
+
+    async def _send_publish(
+        self,
+        subject: str,
+        reply: str,
+        payload: bytes,
+        payload_size: int,
+        headers: dict[str, Any] | None,
+    ) -> None:
+        block = self._header_block(headers) if headers and subject else None
+        if block is None:
+            await super()._send_publish(subject, reply, payload, payload_size, headers)
+            return
+        self.stats["out_msgs"] += 1
+        self.stats["out_bytes"] += payload_size
+        await self._send_command(hpub_cmd(subject, reply, block, payload))
+        if self._flush_queue is not None and self._flush_queue.empty():
+            await self._flush_pending()
+
+    def _header_block(self, headers: dict[str, Any]) -> bytes | None:
+        """The encoded header block, or None where nats-py must clean or refuse something."""
+        parts = [_PLAIN]
+        for name, value in headers.items():
+            prefix = self._header_names.get(name)
+            if prefix is None:
+                if not isinstance(name, str) or not _HEADER_KEY_RE.fullmatch(name):
+                    return None
+                prefix = self._header_names[name] = f"{name}: ".encode()
+            if (
+                not isinstance(value, str)
+                or "\r" in value
+                or "\n" in value
+                or value != value.strip()
+            ):
+                return None
+            parts.append(prefix)
+            parts.append(value.encode())
+            parts.append(b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+
+async def subscribe(nc: _Client, subject: str, handler: DirectHandler) -> Subscription:
+    """`subscribe_direct` on this client; on any other nats-py client, the same handler
+    through nats-py's queue."""
+    if isinstance(nc, Client):
+        return await nc.subscribe_direct(subject, handler)
+
+    return await nc.subscribe(subject, cb=_queued(handler))
+
+
+async def connect(servers: str | list[str], **options: Any) -> Client:
+    """`nats.connect`, with this client."""
+    client = Client()
+    await client.connect(servers, **options)
+    return client
