@@ -67,12 +67,18 @@ class Client(_Client):
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
     ) -> None:
         handler = self._direct.get(sid)
-        if handler is None or sid not in self._subs or (headers and not headers.startswith(_PLAIN)):
+        sub = self._subs.get(sid) if handler is not None else None
+        if (
+            sub is None
+            or sub._max_msgs  # an unsubscribe with a limit: nats-py counts down to it
+            or (headers and not headers.startswith(_PLAIN))
+        ):
             await super()._process_msg(sid, subject, reply, data, headers)
             return
+        assert handler is not None
         self.stats["in_msgs"] += 1
         self.stats["in_bytes"] += len(data)
-        self._subs[sid]._received += 1
+        sub._received += 1
         parsed = self._parse_header_lines(headers[len(_PLAIN) :]) if headers else None
         msg = self.msg_class(
             subject=subject.decode(),

@@ -102,6 +102,20 @@ async def test_after_unsubscribe_a_direct_handler_hears_nothing(
     assert [m.data for m in got] == [b"1"]
 
 
+async def test_an_unsubscribe_with_a_limit_stops_after_that_many(lean: natsclient.Client) -> None:
+    s = subject()
+    got: list[bytes] = []
+    sub = await lean.subscribe_direct(s, lambda m: got.append(m.data))
+    await sub.unsubscribe(limit=2)
+    for n in (b"1", b"2", b"3"):
+        await lean.publish(s, n)
+    await lean.flush()
+
+    await wait_until(lambda: got == [b"1", b"2"], message="two messages")
+    await lean.flush()
+    assert got == [b"1", b"2"]
+
+
 async def test_a_failing_direct_handler_is_reported_and_the_next_message_still_arrives(
     lean: natsclient.Client,
 ) -> None:
