@@ -35,6 +35,19 @@ DirectHandler = Callable[[Msg], None]
 _PLAIN = b"NATS/1.0\r\n"  # a header block with no inline status
 
 
+_NAMES_KEPT = 64  # received header names remembered as read; others are checked each time
+_UNSEEN: Any = object()
+
+
+def _header_name(raw: bytes) -> str | None:
+    """A received header name as nats-py reads it, or None where it drops the header."""
+    try:
+        name = raw.strip().decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return None if any(c.isspace() for c in name) else name
+
+
 def _queued(handler: DirectHandler) -> Callable[[Msg], Awaitable[None]]:
     """The handler as a nats-py callback, for messages that come through its queue."""
 
@@ -49,6 +62,7 @@ class Client(_Client):
         super().__init__()
         self._direct: dict[int, DirectHandler] = {}
         self._header_names: dict[str, bytes] = {}  # checked name -> b"Name: "
+        self._names_read: dict[bytes, str | None] = {}  # name as received -> read (None: dropped)
 
     async def subscribe_direct(self, subject: str, handler: DirectHandler) -> Subscription:
         """Subscribe with a plain function called as each message arrives, in the read loop:
@@ -79,12 +93,11 @@ class Client(_Client):
         self.stats["in_msgs"] += 1
         self.stats["in_bytes"] += len(data)
         sub._received += 1
-        parsed = self._parse_header_lines(headers[len(_PLAIN) :]) if headers else None
         msg = self.msg_class(
             subject=subject.decode(),
             reply=reply.decode(),
             data=data,
-            headers=parsed or None,
+            headers=self._read_headers(headers) if headers else None,
             _client=self,
             _sid=sid,
         )
@@ -92,6 +105,25 @@ class Client(_Client):
             handler(msg)
         except Exception as exc:  # as nats-py does for a failing callback
             await self._error_cb(exc)
+
+    def _read_headers(self, block: bytes) -> dict[str, str] | None:
+        """The `Name: Value` lines after `NATS/1.0`, read as nats-py reads them: a header
+        whose name is not ASCII or holds a blank is dropped, values are stripped. Names
+        already seen are not checked again."""
+        out: dict[str, str] = {}
+        names = self._names_read
+        for line in block[len(_PLAIN) :].split(b"\r\n"):
+            raw, colon, value = line.partition(b":")
+            if not colon:
+                continue
+            name = names.get(raw, _UNSEEN)
+            if name is _UNSEEN:
+                name = _header_name(raw)
+                if len(names) < _NAMES_KEPT:
+                    names[raw] = name
+            if name is not None:
+                out[name] = value.strip().decode("utf-8", "replace")
+        return out or None
 
     async def _send_publish(
         self,
