@@ -42,6 +42,14 @@ def test_names_past_the_remembered_ones_are_still_read() -> None:
     assert len(client._names_read) == natsclient._NAMES_KEPT
 
 
+def test_names_written_past_the_remembered_ones_are_still_checked() -> None:
+    client = natsclient.Client()
+    for i in range(natsclient._NAMES_KEPT + 10):
+        assert client._header_block({f"H{i}": "v"}) == f"NATS/1.0\r\nH{i}: v\r\n\r\n".encode()
+    assert len(client._header_names) == natsclient._NAMES_KEPT
+    assert client._header_block({"Bad Name": "v"}) is None
+
+
 @pytest.mark.parametrize(
     "headers",
     [
