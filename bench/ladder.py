@@ -4,7 +4,8 @@ Starts `jetsaga up --no-seed` (PAYMENT_GATEWAY=fake unless `--gateway stripe`), 
 up, then runs one load step per rate and prints a row per step: achieved throughput,
 latency, lost orders, CPU per saga over every process of the stack plus the runner (from
 /proc), and the peak RSS of each worker. The capacity is the highest rate with 0 lost and
-p99 <= 500 ms. Everything lands in bench/results/<stamp>-<gateway>/.
+p99 <= 500 ms. Before and after, it probes the machine's speed (`bench.probe`), which drifts
+by the hour. Everything lands in bench/results/<stamp>-<gateway>/.
 
 Each step first sends at its rate for `--step-warmup` seconds, then for `--duration`
 seconds: throughput and latency are those of the measured part, the steady state at that
@@ -29,7 +30,7 @@ from typing import Any
 
 import msgspec
 
-from bench import procfs
+from bench import probe, procfs
 from bench.loadrun import run_load
 from bench.steps import HEADER, P99_LIMIT_MS, Step, capacity, row
 from jetsaga.devstack.procs import Child, port_in_use
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     out = RESULTS / f"{stamp}-{args.gateway}"
     out.mkdir(parents=True)
     nats_url = os.environ.get("NATS_URL") or NATS_URL
+    speed_before = probe.measure()
+    print(f"machine before: {speed_before.describe()} (bench/README.md: comparing ladders)")
     with tempfile.TemporaryDirectory(prefix="jetsaga-bench-") as tmp:
         up = start_stack(Path(args.data_dir or tmp), args.gateway, out)
         steps: list[Step] = []
@@ -145,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                     break
         finally:
             up.stop(grace=60)
+    speed_after = probe.measure()
     print(f"capacity (0 lost, p99 <= {P99_LIMIT_MS:g} ms): {capacity(steps)}")
+    print(f"machine after: {speed_after.describe()}")
     (out / "ladder.json").write_bytes(
         msgspec.json.format(
             msgspec.json.encode(
@@ -155,13 +160,23 @@ def main(argv: list[str] | None = None) -> int:
                     "stepWarmupS": args.step_warmup,
                     "steps": steps,
                     "capacity": capacity(steps),
+                    "machineBefore": speed_before,
+                    "machineAfter": speed_after,
                 }
             ),
             indent=2,
         )
     )
     (out / "ladder.txt").write_text(
-        "\n".join([HEADER, *map(row, steps), f"capacity: {capacity(steps)}"]) + "\n"
+        "\n".join(
+            [
+                HEADER,
+                *map(row, steps),
+                f"capacity: {capacity(steps)}",
+                f"machine before: {speed_before.describe()}; after: {speed_after.describe()}",
+            ]
+        )
+        + "\n"
     )
     return 0 if steps and all(s.lost == 0 for s in steps) else 1
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from bench import procfs
+from bench import probe, procfs
 from bench.steps import Step, capacity, row
 
 
@@ -50,3 +50,18 @@ def test_cpu_of_a_tree_includes_children_that_already_exited() -> None:
     after = sum(procfs.cpu_by_role(os.getpid()).values())
     assert after - before >= 0.3
     assert os.getpid() in procfs.tree(os.getpid())
+
+
+def test_the_machine_probe_times_python_and_a_round_trip_and_leaves_no_trace() -> None:
+    affinity = os.sched_getaffinity(0)
+    before = set(procfs.tree(os.getpid()))
+
+    handoff = probe.handoff_us(trips=200)
+    python = probe.python_ms(rounds=1)
+
+    assert 0 < handoff < 100_000
+    assert 0 < python < 60_000
+    assert os.sched_getaffinity(0) == affinity  # the probe pinned itself only while it ran
+    assert set(procfs.tree(os.getpid())) == before  # its echo child is gone
+    speed = probe.Speed(python_ms=61.5, handoff_us=70.2)
+    assert speed.describe() == "python 62 ms, handoff 70 µs"
