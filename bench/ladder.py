@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True)
     nats_url = os.environ.get("NATS_URL") or NATS_URL
     speed_before = probe.measure()
-    print(f"machine before: {speed_before.describe()} (bench/README.md: comparing ladders)")
+    print(f"machine before: {speed_before.describe()}")
     with tempfile.TemporaryDirectory(prefix="jetsaga-bench-") as tmp:
         up = start_stack(Path(args.data_dir or tmp), args.gateway, out)
         steps: list[Step] = []
