@@ -1,9 +1,9 @@
 """The lean nats-py client against a real nats-server: what its short cuts deliver and send
 is what nats-py's own paths deliver and send.
 
-Each test publishes on the connection it subscribed on: a server handles one connection's
-commands in order, so its SUB is in place before its PUB. (Across two connections, a message
-published right after the other's SUB and PING/PONG was lost about once in 20 runs.)"""
+Most tests publish on the connection they subscribed on: a server handles one connection's
+commands in order, so the SUB is in place before the PUB. Across two connections that takes
+a flush, which nats-py's own client does not make good (see `Client.flush`)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,25 @@ async def test_a_direct_subscription_gets_what_a_queued_one_gets(
     assert direct[2].headers == {"Ok": "v"}
     assert lean.stats["in_msgs"] == 6
     assert lean.stats["out_msgs"] == 3
+
+
+async def test_after_a_flush_the_server_has_the_subscription(
+    lean: natsclient.Client, plain: NATS
+) -> None:
+    # nats-py's own flush lost the message in 25 to 34 of 300 such rounds on this machine.
+    missed = 0
+    for _ in range(200):
+        s = subject()
+        got: list[Msg] = []
+        await lean.subscribe_direct(s, got.append)
+        await lean.flush()
+        await plain.publish(s, b"first")
+        await plain.flush()
+        try:
+            await wait_until(lambda: got, timeout=1.0, message="the first message")  # noqa: B023
+        except AssertionError:
+            missed += 1
+    assert missed == 0
 
 
 async def test_status_messages_reach_a_direct_handler_through_nats_py(
