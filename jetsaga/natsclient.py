@@ -15,8 +15,11 @@ of a message whose values need no cleaning is written in one go. Anything unusua
 with a line break or surrounding blanks, a name that fails nats-py's check, a status line
 in a received block) takes nats-py's own path, so the wire and the errors stay nats-py's.
 
-Both rest on nats-py's internal `_process_msg` and `_send_publish` (2.16); the integration
-tests run every worker through them.
+A flush also writes out the commands buffered before it; nats-py's can be answered before
+the server has seen them (`Client.flush`).
+
+These rest on nats-py's internal `_process_msg`, `_send_publish` and `_flush_pending` (2.16);
+the integration tests run every worker through them.
 """
 
 from __future__ import annotations
