@@ -92,15 +92,14 @@ class Client(_Client):
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
     ) -> None:
         handler = self._direct.get(sid)
-        sub = self._subs.get(sid) if handler is not None else None
         if (
-            sub is None
+            handler is None
+            or (sub := self._subs.get(sid)) is None
             or sub._max_msgs  # an unsubscribe with a limit: nats-py counts down to it
             or (headers and not headers.startswith(_PLAIN))
         ):
             await super()._process_msg(sid, subject, reply, data, headers)
             return
-        assert handler is not None
         self.stats["in_msgs"] += 1
         self.stats["in_bytes"] += len(data)
         sub._received += 1

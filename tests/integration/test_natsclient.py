@@ -133,6 +133,7 @@ async def test_an_unsubscribe_with_a_limit_stops_after_that_many(lean: natsclien
     await wait_until(lambda: got == [b"1", b"2"], message="two messages")
     await lean.flush()
     assert got == [b"1", b"2"]
+    assert sub._id not in lean._subs  # nats-py's path let go of it at the limit
 
 
 async def test_a_failing_direct_handler_is_reported_and_the_next_message_still_arrives(
