@@ -24,8 +24,8 @@ import msgspec
 
 _ECHO = """
 import os, sys
-if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > 1:
-    os.sched_setaffinity(0, {1})
+if len(sys.argv) > 1:
+    os.sched_setaffinity(0, {int(sys.argv[1])})
 while os.read(0, 1):
     os.write(1, b"y")
 """
@@ -56,15 +56,16 @@ def python_ms(rounds: int = 3) -> float:
 
 def handoff_us(trips: int = 2_000) -> float:
     """The mean wall time of a one-byte round trip to a child process on another CPU."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", _ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set[int]()
+    cpus = sorted(affinity)
+    pinned = len(cpus) > 1  # this process on one of the CPUs it may use, the child on another
+    argv = [sys.executable, "-c", _ECHO, *([str(cpus[1])] if pinned else [])]
+    child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert child.stdin is not None and child.stdout is not None
     send, receive = child.stdin.fileno(), child.stdout.fileno()
-    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     try:
-        if affinity is not None and len(affinity) > 1:
-            os.sched_setaffinity(0, {0})
+        if pinned:
+            os.sched_setaffinity(0, {cpus[0]})
         for _ in range(50):  # the child is up and both sides are warm
             os.write(send, b"x")
             os.read(receive, 1)
@@ -74,7 +75,7 @@ def handoff_us(trips: int = 2_000) -> float:
             os.read(receive, 1)
         elapsed = time.perf_counter() - started
     finally:
-        if affinity is not None:
+        if pinned:
             os.sched_setaffinity(0, affinity)
         child.stdin.close()
         child.wait(timeout=10)
