@@ -69,8 +69,8 @@ class Client(_Client):
         """nats-py's flush writes its PING straight to the socket, ahead of commands still
         in its buffer, such as the SUB of a subscription just made: the PONG could come back
         before the server had seen them. A subscriber's first messages, published on another
-        connection right after its flush, were lost 25 times in 300. The buffer goes out
-        first here, so that a flush means what it says."""
+        connection right after its flush, were lost 16 to 34 times in 300. The buffer goes
+        out first here, so that a flush means what it says."""
         if self.is_connected and self._pending_data_size:
             await self._flush_pending(force_flush=True)
         await super().flush(timeout)
