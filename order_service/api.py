@@ -19,6 +19,7 @@ import msgspec
 from jetsaga import contracts as c
 from jetsaga import leanhttp, tracing
 from jetsaga.config import Settings
+from jetsaga.ids import uuid7
 from jetsaga.leanhttp import error, json_response
 from jetsaga.outbox import outgoing
 from order_service import metrics, store
@@ -41,7 +42,7 @@ def order_id_for(request: OrderRequest, key: str | None) -> str:
         return request.order_id
     if key:  # the same key always names the same order
         return str(uuid.uuid5(ORDER_NAMESPACE, key))
-    return str(uuid.uuid4())
+    return uuid7()
 
 
 def _accepted(order_id: str, status: str, saga_status: str, code: int) -> leanhttp.Response:

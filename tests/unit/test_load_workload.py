@@ -14,7 +14,6 @@ from jetsaga.load.workload import (
     PAYMENT_OK,
     OrderBody,
     Workload,
-    uuid4_str,
 )
 
 
@@ -24,7 +23,7 @@ def test_order_body_has_the_fields_of_the_order_api() -> None:
     body = msgspec.json.decode(order.body)
     assert set(body) == {"orderId", "customerId", "items", "currency", "paymentMethod"}
     assert body["orderId"] == order.order_id
-    assert uuid.UUID(order.order_id).version == 4
+    assert uuid.UUID(order.order_id).version == 7
     assert body["currency"] == "usd"
     assert body["paymentMethod"] == PAYMENT_OK
     assert 1 <= len(body["items"]) <= 2
@@ -42,12 +41,13 @@ def test_the_body_is_what_msgspec_makes_of_the_order_byte_for_byte() -> None:
         assert msgspec.json.encode(msgspec.json.decode(body, type=OrderBody)) == body
 
 
-def test_order_ids_are_distinct_version_4_uuids() -> None:
-    ids = [uuid4_str() for _ in range(5_000)]
+def test_order_ids_grow_with_time_in_send_order() -> None:
+    workload = Workload("r3", products=3)
+    ids = [workload.build(i, Kind.OK).order_id for i in range(2_000)]
     assert len(set(ids)) == len(ids)
-    for order_id in ids:
-        parsed = uuid.UUID(order_id)
-        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, order_id)
+    # Text order is time order to the millisecond: the 48-bit time prefix never goes back.
+    prefixes = [order_id[:13] for order_id in ids]
+    assert prefixes == sorted(prefixes)
 
 
 def test_products_and_customers_are_unique_to_the_run() -> None:
