@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import io
 from collections import Counter
+from datetime import UTC, datetime
 
 import pytest
 from rich.console import Console
 
+from bench import hops
 from jetsaga.load.arrivals import Kind, kind_of
 from jetsaga.load.runner import Options, execute
 from tests.support.api import Api
@@ -19,9 +21,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 async def test_a_short_load_loses_nothing_and_its_report_matches_the_database(
-    system: System, api: Api, nats_url: str
+    system: System, api: Api, nats_url: str, database_url: str
 ) -> None:
     seen: dict[str, str] = {}
+    began = datetime.now(UTC)
     opts = Options(
         url=system.order_url,
         inventory_url=system.inventory_url,
@@ -66,3 +69,8 @@ async def test_a_short_load_loses_nothing_and_its_report_matches_the_database(
         report.cancelled,
         report.failed,
     )
+
+    # The hop breakdown of bench.hops finds every confirmed saga, its moments in saga order.
+    traces = await hops.fetch(database_url, began)
+    assert len(traces) == report.confirmed
+    assert all(ms >= 0 for trace in traces for ms in trace.hops_ms())
