@@ -169,9 +169,7 @@ class Handlers:
                 return len(batch)
             orders = _typed(fresh, OrderConfirmed)
             held = await store.lock_reservations(conn, [o.order_id for o in orders])
-            # Reserved stock is sold without touching `available`, so without locking the
-            # products' stock rows; only a reservation released meanwhile sells from it.
-            products = [p for r in held.values() if r.status == RELEASED for p in r.items]
+            products = [p for r in held.values() if r.status != CONFIRMED for p in r.items]
             available = await store.lock_stock(conn, products)
             try:
                 plan = rules.plan_confirm(orders, held, available)

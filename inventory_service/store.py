@@ -2,18 +2,15 @@
 
 Lock order keeps concurrent batches clear of deadlocks: reservation rows first (by order
 id), then stock rows (by product id), each with a sorted `SELECT ... FOR UPDATE` before the
-batch writes them back in one statement, then the batch's slot of `stock_tally` (by product
-id, in that statement). Only moves to or from `available` lock stock rows; a move from
-reserved to sold (a confirm) takes tally rows alone. One wait falls outside that order: a
-reserve batch inserting an order's reservation waits for a release batch's uncommitted
-tombstone of the same order (and the reverse). If the two also want each other's stock
-rows, PostgreSQL breaks the deadlock and the consumer loop retries the batch; it needs a
-release and a creation of one order in flight at the same instant.
+batch writes them back in one statement. One wait falls outside that order: a reserve batch
+inserting an order's reservation waits for a release batch's uncommitted tombstone of the
+same order (and the reverse). If the two also want each other's stock rows, PostgreSQL
+breaks the deadlock and the consumer loop retries the batch; it needs a release and a
+creation of one order in flight at the same instant.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -40,12 +37,9 @@ class Locked(msgspec.Struct, frozen=True, kw_only=True):
     orders_with_rows: frozenset[str]  # orders that already have a reservation row
 
 
-TALLY_SLOTS = 8  # slots of stock_tally per product (migration 0002)
-
-
 async def get_stock(conn: asyncpg.Connection, product_id: str) -> StockLevel | None:
     row = await conn.fetchrow(
-        "SELECT product_id, available, reserved, sold FROM stock_levels WHERE product_id = $1",
+        "SELECT product_id, available, reserved, sold FROM stock WHERE product_id = $1",
         product_id,
     )
     return None if row is None else StockLevel(**dict(row))
@@ -53,13 +47,9 @@ async def get_stock(conn: asyncpg.Connection, product_id: str) -> StockLevel | N
 
 async def set_available(conn: asyncpg.Connection, product_id: str, available: int) -> StockLevel:
     row = await conn.fetchrow(
-        "WITH s AS (INSERT INTO stock (product_id, available) VALUES ($1, $2)"
-        "  ON CONFLICT (product_id) DO UPDATE SET available = EXCLUDED.available,"
-        "  updated_at = now() RETURNING product_id, available)"
-        " SELECT s.product_id, s.available,"
-        "  coalesce(sum(t.reserved), 0)::bigint AS reserved,"
-        "  coalesce(sum(t.sold), 0)::bigint AS sold"
-        " FROM s LEFT JOIN stock_tally t USING (product_id) GROUP BY s.product_id, s.available",
+        "INSERT INTO stock (product_id, available) VALUES ($1, $2) ON CONFLICT (product_id)"
+        " DO UPDATE SET available = EXCLUDED.available, updated_at = now()"
+        " RETURNING product_id, available, reserved, sold",
         product_id,
         available,
     )
@@ -107,30 +97,21 @@ async def lock_stock(conn: asyncpg.Connection, product_ids: Sequence[str]) -> di
     return {r["product_id"]: r["available"] for r in rows}
 
 
-# Applies a batch's net stock changes ($1..$4) to stock rows the batch has locked, and to
-# its slot ($5) of the products' tallies.
-_MOVE = """d AS (
-    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
+# Applies a batch's net stock changes ($1..$4) to rows the batch has locked.
+_MOVE = """moved AS (
+    UPDATE stock SET available = stock.available + d.available,
+        reserved = stock.reserved + d.reserved, sold = stock.sold + d.sold, updated_at = now()
+    FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
         AS d (product_id, available, reserved, sold)
-), moved AS (
-    UPDATE stock SET available = stock.available + d.available, updated_at = now()
-    FROM d WHERE stock.product_id = d.product_id AND d.available <> 0
-), tallied AS (
-    INSERT INTO stock_tally AS t (product_id, slot, reserved, sold)
-    SELECT product_id, $5, reserved, sold FROM d WHERE reserved <> 0 OR sold <> 0
-    ORDER BY product_id
-    ON CONFLICT (product_id, slot)
-    DO UPDATE SET reserved = t.reserved + EXCLUDED.reserved, sold = t.sold + EXCLUDED.sold
-)"""
+    WHERE stock.product_id = d.product_id)"""
 
 
-def _delta_args(deltas: Sequence[Delta]) -> tuple[list[str], list[int], list[int], list[int], int]:
+def _delta_args(deltas: Sequence[Delta]) -> tuple[list[str], list[int], list[int], list[int]]:
     return (
         [d.product_id for d in deltas],
         [d.available for d in deltas],
         [d.reserved for d in deltas],
         [d.sold for d in deltas],
-        random.randrange(TALLY_SLOTS),
     )
 
 
@@ -147,11 +128,11 @@ async def open_reservations(
         outbox_ids = await conn.fetchval(
             f"WITH {_MOVE}, opened AS (INSERT INTO reservations"
             "  (order_id, reservation_id, status, expires_at)"
-            "  SELECT o, r, 'reserved', e FROM unnest($6::text[], $7::uuid[], $8::timestamptz[])"
+            "  SELECT o, r, 'reserved', e FROM unnest($5::text[], $6::uuid[], $7::timestamptz[])"
             "  AS n (o, r, e)),"
             " items AS (INSERT INTO reservation_items (order_id, product_id, quantity)"
-            "  SELECT * FROM unnest($9::text[], $10::text[], $11::bigint[])),"
-            f" o AS ({outbox.insert_statement(12)})"
+            "  SELECT * FROM unnest($8::text[], $9::text[], $10::bigint[])),"
+            f" o AS ({outbox.insert_statement(11)})"
             " SELECT coalesce(array_agg(id), '{}') FROM o",
             *_delta_args(deltas),
             [r.order_id for r in opened],
@@ -264,9 +245,9 @@ async def close_reservations(
 ) -> None:
     """Write stock changes and the new status of (order id, reason) reservations at once."""
     await conn.execute(
-        f"WITH {_MOVE} UPDATE reservations SET status = $6,"
+        f"WITH {_MOVE} UPDATE reservations SET status = $5,"
         " reason = coalesce(c.reason, reservations.reason), updated_at = now()"
-        " FROM unnest($7::text[], $8::text[]) AS c (order_id, reason)"
+        " FROM unnest($6::text[], $7::text[]) AS c (order_id, reason)"
         " WHERE reservations.order_id = c.order_id",
         *_delta_args(deltas),
         status,

@@ -295,70 +295,6 @@ async def test_a_release_that_overtakes_a_reservation_in_flight_makes_the_batch_
     assert [type(m) for m in await emitted(pool)] == [InventoryReleased]
 
 
-async def test_a_confirm_sells_reserved_stock_while_another_transaction_holds_its_stock_row(
-    pool: asyncpg.Pool, handlers: Handlers
-) -> None:
-    await set_stock(pool, a=5, b=5)
-    await handlers.reserve([created("o-1", ("a", 2), ("b", 1))])
-    async with pool.acquire() as blocker, blocker.transaction():
-        # What a reserve batch holds until it commits.
-        await blocker.execute("SELECT 1 FROM stock WHERE product_id IN ('a', 'b') FOR UPDATE")
-        assert await asyncio.wait_for(handlers.confirm([confirmed("o-1")]), 10) == 0
-    assert await levels(pool, "a") == (3, 0, 2)
-    assert await levels(pool, "b") == (4, 0, 1)
-
-
-async def test_a_confirm_of_a_released_reservation_still_waits_for_the_stock_row(
-    pool: asyncpg.Pool, handlers: Handlers
-) -> None:
-    await set_stock(pool, a=5)
-    await handlers.reserve([created("o-1", ("a", 2))])
-    await handlers.release([release("o-1")])
-    async with pool.acquire() as blocker, blocker.transaction():
-        await blocker.execute("SELECT 1 FROM stock WHERE product_id = 'a' FOR UPDATE")
-        confirming = asyncio.create_task(handlers.confirm([confirmed("o-1")]))
-        await wait_until(
-            lambda: pool.fetchval(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-            ),
-            message="the confirm waits on the stock row: it sells from available",
-        )
-        assert not confirming.done()
-    assert await confirming == 0
-    assert await levels(pool, "a") == (3, 0, 2)
-
-
-async def test_batches_spread_their_counts_over_slots_whose_sums_are_the_levels(
-    pool: asyncpg.Pool, handlers: Handlers
-) -> None:
-    await set_stock(pool, a=1_000)
-    for n in range(40):
-        await handlers.reserve([created(f"o-{n}", ("a", 1 + n % 3))])
-    for n in range(0, 40, 2):
-        await handlers.confirm([confirmed(f"o-{n}")])
-    slots = await pool.fetch("SELECT slot, reserved, sold FROM stock_tally WHERE product_id = 'a'")
-    assert 1 < len(slots) <= store.TALLY_SLOTS
-    reserved_total = sum(1 + n % 3 for n in range(1, 40, 2))
-    sold_total = sum(1 + n % 3 for n in range(0, 40, 2))
-    assert sum(r["reserved"] for r in slots) == reserved_total
-    assert sum(r["sold"] for r in slots) == sold_total
-    assert await levels(pool, "a") == (1_000 - reserved_total - sold_total, reserved_total,
-                                       sold_total)  # fmt: skip
-
-
-async def test_the_tally_migration_keeps_the_counts_of_existing_stock(database_url: str) -> None:
-    async with fresh_pool(database_url, "inventory_m", [], 1, drop=True) as pool:
-        await pool.execute((MIGRATIONS / "0001_stock_reservations.sql").read_text())
-        await pool.execute(
-            "INSERT INTO stock (product_id, available, reserved, sold)"
-            " VALUES ('a', 5, 2, 7), ('b', 3, 0, 0)"
-        )
-        await pool.execute((MIGRATIONS / "0002_stock_tally.sql").read_text())
-        levels = await pool.fetch("SELECT * FROM stock_levels ORDER BY product_id")
-    assert [tuple(r.values()) for r in levels] == [("a", 5, 2, 7), ("b", 3, 0, 0)]
-
-
 @pytest.mark.parametrize("round_", range(10))
 async def test_two_orders_racing_for_the_last_unit_one_gets_it(
     pool: asyncpg.Pool, handlers: Handlers, round_: int
@@ -379,9 +315,8 @@ async def assert_conserved(pool: asyncpg.Pool, stock: dict[str, int]) -> None:
         "SELECT s.product_id, s.available, s.reserved, s.sold,"
         " coalesce(sum(i.quantity) FILTER (WHERE r.status = 'reserved'), 0) AS held,"
         " coalesce(sum(i.quantity) FILTER (WHERE r.status = 'confirmed'), 0) AS sold_by_orders"
-        " FROM stock_levels s LEFT JOIN reservation_items i USING (product_id)"
-        " LEFT JOIN reservations r USING (order_id)"
-        " GROUP BY s.product_id, s.available, s.reserved, s.sold"
+        " FROM stock s LEFT JOIN reservation_items i USING (product_id)"
+        " LEFT JOIN reservations r USING (order_id) GROUP BY s.product_id"
     )
     for row in rows:
         assert row["available"] + row["reserved"] + row["sold"] == stock[row["product_id"]]
@@ -428,8 +363,8 @@ async def test_stock_is_conserved_through_concurrent_reserve_release_confirm_and
     while await expire_due(outbox.unstaged(pool), later):
         pass
     await assert_conserved(pool, stock)
-    assert await pool.fetchval("SELECT sum(reserved) FROM stock_levels") == 0
-    assert await pool.fetchval("SELECT sum(sold) FROM stock_levels") > 0
+    assert await pool.fetchval("SELECT sum(reserved) FROM stock") == 0
+    assert await pool.fetchval("SELECT sum(sold) FROM stock") > 0
 
 
 async def test_an_order_without_items_is_reserved_and_confirmed_holding_nothing(
