@@ -10,7 +10,9 @@ last batch's pages still are.
 Measured with `jetsaga load` at 1,000 orders/s (two alternated pairs of fresh stacks, 40 s
 each, then 40 s more on the grown databases): PostgreSQL's CPU per order fell from
 0.307-0.321 to 0.276-0.291 ms for the order database, from 0.205-0.215 to 0.185-0.197 ms for
-inventory, and from 0.158-0.168 to 0.150-0.162 ms for payment.
+inventory, and from 0.158-0.168 to 0.150-0.162 ms for payment. Over eight more alternated
+pairs (30 s at 1,000/s), p99 from POST to final status was lower with version-7 ids in seven,
+429 ms against 602 on average.
 """
 
 from __future__ import annotations
