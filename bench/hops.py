@@ -40,7 +40,7 @@ from jetsaga.config import SERVICE_DATABASES, with_database
 HOPS = ("to inventory", "back to order", "to payment", "payment", "back to order")
 
 
-class Trace(msgspec.Struct, frozen=True, array_like=True):
+class Trace(msgspec.Struct, frozen=True):
     """Epoch seconds of the six moments of one completed saga, in saga order."""
 
     started: float
@@ -82,6 +82,8 @@ async def _rows(url: str, database: str, query: str, since: datetime) -> list[as
 
 
 async def fetch(url: str, since: datetime) -> list[Trace]:
+    """The moments of every saga started at or after `since` that completed, on the server
+    at `url` (the services' databases are found on it by name)."""
     history, reservations, payments = await asyncio.gather(
         _rows(url, SERVICE_DATABASES["order"], _HISTORY, since),
         _rows(url, SERVICE_DATABASES["inventory"], _RESERVATIONS, since),
@@ -90,8 +92,9 @@ async def fetch(url: str, since: datetime) -> list[Trace]:
     reserve = {r[0]: float(r[1]) for r in reservations}
     charge = {r[0]: (float(r[1]), float(r[2])) for r in payments}
     traces = []
-    for order_id, started, reserved, succeeded in history:
-        if order_id in reserve and order_id in charge and None not in (reserved, succeeded):
+    for order_id, *moments in history:
+        if order_id in reserve and order_id in charge and None not in moments:
+            started, reserved, succeeded = moments
             traces.append(
                 Trace(float(started), reserve[order_id], float(reserved), *charge[order_id],
                       float(succeeded))
