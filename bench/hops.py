@@ -2,8 +2,8 @@
 
     python -m bench.hops --database-url postgresql://postgres@127.0.0.1:PORT/postgres
 
-For every saga that completed, it takes five moments from the tables the services keep
-anyway, and prints the time between each two, per second of the sagas' start and for the
+For every saga that completed, it takes six moments from the tables the services keep
+anyway, and prints the five hops between them, per second of the sagas' start and for the
 whole run:
 
 - `STARTED`: the order worker's history record of the saga's start (at intake);
