@@ -82,6 +82,8 @@ def render(report: Report, console: Console) -> None:
     for col in ("", "p50", "p95", "p99", "max", "count"):
         table.add_column(col, justify="right" if col else "left")
     _latency_row(table, "due time -> final", report.latency)
+    for outcome, latency in report.latency_by_outcome.items():
+        _latency_row(table, f"  of which {outcome}", latency)
     _latency_row(table, "actual send -> final", report.latency_from_send)
     _latency_row(table, "POST answer", report.post_latency)
     console.print(table)

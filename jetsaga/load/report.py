@@ -66,6 +66,8 @@ class Report(msgspec.Struct, kw_only=True, rename="camel"):
     throughput: Throughput
     latency: Latency
     latency_from_send: Latency
+    # from the due time, per final status (CONFIRMED, CANCELLED, FAILED), those seen only
+    latency_by_outcome: dict[str, Latency]
     post_latency: Latency
     sender: SenderStats
     stock: StockCheck
@@ -109,6 +111,11 @@ def build(info: RunInfo, tracker: Tracker, sender: SenderStats, stock: StockChec
         throughput=throughput(tracker, info.rate),
         latency=latency_of(tracker.latency_due.histogram()),
         latency_from_send=latency_of(tracker.latency_sent.histogram()),
+        latency_by_outcome={
+            o.name: latency
+            for o, latencies in tracker.latency_by_outcome.items()
+            if (latency := latency_of(latencies.histogram())).count
+        },
         post_latency=latency_of(tracker.post_latency.histogram()),
         sender=sender,
         stock=stock,

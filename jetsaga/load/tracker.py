@@ -3,7 +3,9 @@
 The hot path (one call per send, response and final status) only appends and counts;
 percentiles are computed when asked. Latency is kept twice, from the order's due time
 (free of coordinated omission) and from its actual send, in microsecond HDR histograms.
-Orders before `measured_from` are the warm-up: tracked like every other order (they can be
+The latency from the due time is also kept per final status: a declined order's saga
+compensates, two hops longer than a confirmed one, so the slowest orders of a mixed run are
+mostly cancelled ones. Orders before `measured_from` are the warm-up: tracked like every other order (they can be
 lost), but kept out of the latency histograms; the per-second series has them all.
 """
 
@@ -124,6 +126,7 @@ class Tracker:
         self.in_flight = self.max_in_flight = 0
         self.open: set[int] = set()  # accepted and not final
         self.latency_due = Latencies()
+        self.latency_by_outcome = {o: Latencies() for o in Outcome if o is not Outcome.NONE}
         self.latency_sent = Latencies()
         self.post_latency = Latencies()
         self.send_lag = Latencies()
@@ -194,6 +197,7 @@ class Tracker:
         self.final_source[source] += 1
         if i >= self.measured_from:
             us = self.latency_due.record(at_ns - self.due_ns[i])
+            self.latency_by_outcome[final].record(at_ns - self.due_ns[i])
             self.latency_sent.record(at_ns - self.sent_ns[i])
         else:
             us = clamped_us(at_ns - self.due_ns[i])

@@ -77,6 +77,30 @@ def test_latency_counts_the_wait_of_a_late_send() -> None:
     assert report.latency_from_send.max == pytest.approx(5, rel=1e-3)
 
 
+def test_latency_is_also_kept_per_final_status_of_measured_orders() -> None:
+    # A 1 s warm-up of one slow order, then 10 orders: 6 confirmed in 100 ms, 3 cancelled in
+    # 300 ms (a compensation is two hops longer), 1 failed in 40 ms; no order is lost.
+    tracker = Tracker(11, START, measured_from=1)
+    tracker.on_final(send(tracker, 0), Outcome.CANCELLED, START + 900 * MS, "nats")
+    plan = [(Outcome.CONFIRMED, 100)] * 6 + [(Outcome.CANCELLED, 300)] * 3
+    for i, (outcome, ms) in enumerate([*plan, (Outcome.FAILED, 40)], start=1):
+        tracker.on_final(send(tracker, i), outcome, START + (i * 10 + ms) * MS, "nats")
+    report = build(INFO, tracker, SENDER, STOCK_OK)
+    by = report.latency_by_outcome
+    assert list(by) == ["CONFIRMED", "CANCELLED", "FAILED"]
+    assert [by[k].count for k in by] == [6, 3, 1]
+    assert by["CONFIRMED"].max == pytest.approx(100, rel=1e-3)
+    assert by["CANCELLED"].p50 == pytest.approx(300, rel=1e-3)  # the warm-up's 900 is left out
+    assert by["FAILED"].p99 == pytest.approx(40, rel=1e-3)
+    assert report.latency.count == sum(lat.count for lat in by.values())
+
+
+def test_an_outcome_no_measured_order_had_is_left_out() -> None:
+    report = build(INFO, run_of([3, 4, 5]), SENDER, STOCK_OK)
+    assert list(report.latency_by_outcome) == ["CONFIRMED"]
+    assert report.latency_by_outcome["CONFIRMED"].count == 3
+
+
 def test_latencies_counted_per_bucket_give_the_histogram_of_every_value() -> None:
     rng = random.Random(7)
     latencies, direct = Latencies(), new_histogram()
@@ -242,6 +266,7 @@ def test_json_report_is_camel_case_and_decodes_back() -> None:
         "lost",
         "throughput",
         "latency",
+        "latencyByOutcome",
         "stock",
         "timeSeries",
         "exitCode",
