@@ -87,6 +87,7 @@ def step(up: Child, rate: float, args: argparse.Namespace, out: Path, nats_url: 
         machine_busy_pct=round((busy1 - busy0) * 100 / (t1 - t0), 1),
         worker_peak_rss_mib={k: round(v, 1) for k, v in sorted(rss.peak_mib.items())},
         report=str(out / f"rate-{rate:g}.json"),
+        p99_ms_by_outcome={k: v["p99"] for k, v in report.get("latencyByOutcome", {}).items()},
     )  # fmt: skip
 
 

@@ -25,10 +25,13 @@ class Step(msgspec.Struct, kw_only=True, rename="camel"):
     machine_busy_pct: float  # all processes on the box, of 100% per core
     worker_peak_rss_mib: dict[str, float]
     report: str
+    # p99 per final status (CONFIRMED, CANCELLED, FAILED): which path sets the tail
+    p99_ms_by_outcome: dict[str, float] = {}
 
 
 HEADER = (
-    f"{'rate/s':>7} {'final/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'lost':>6} "
+    f"{'rate/s':>7} {'final/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+    f"{'p99 conf/canc/fail':>18} {'lost':>6} "
     f"{'CPU ms/saga':>11} {'box CPU%':>8} {'stock':>5}  worker peak RSS MiB (order/inv/payment)"
 )
 
@@ -40,8 +43,15 @@ def row(s: Step) -> str:
     )
     return (
         f"{s.rate:>7g} {s.final_per_s:>8.1f} {s.p50_ms:>8.1f} {s.p95_ms:>8.1f} "
-        f"{s.p99_ms:>8.1f} {s.lost:>6} {s.cpu_ms_per_saga:>11.3f} {s.machine_busy_pct:>8.0f} "
+        f"{s.p99_ms:>8.1f} {_by_outcome(s.p99_ms_by_outcome):>18} {s.lost:>6} "
+        f"{s.cpu_ms_per_saga:>11.3f} {s.machine_busy_pct:>8.0f} "
         f"{'ok' if s.stock_ok else 'BAD':>5}  {rss}"
+    )
+
+
+def _by_outcome(ms: dict[str, float]) -> str:
+    return "/".join(
+        f"{ms[k]:.0f}" if k in ms else "-" for k in ("CONFIRMED", "CANCELLED", "FAILED")
     )
 
 

@@ -28,8 +28,14 @@ def test_capacity_is_the_highest_rate_with_nothing_lost_and_p99_within_500_ms() 
 
 def test_a_row_shows_rate_latency_lost_cpu_and_worker_memory() -> None:
     line = row(step(1000, 480))
-    assert line.split()[:6] == ["1000", "1000.0", "1.0", "2.0", "480.0", "0"]
+    assert line.split()[:7] == ["1000", "1000.0", "1.0", "2.0", "480.0", "-/-/-", "0"]
     assert line.endswith("80/0/0")
+
+
+def test_a_row_shows_the_p99_of_each_final_status_the_step_had() -> None:
+    s = step(1000, 480)
+    s.p99_ms_by_outcome = {"CONFIRMED": 410.2, "CANCELLED": 655.7}
+    assert row(s).split()[5] == "410/656/-"
 
 
 def test_processes_are_sorted_into_the_parts_of_the_stack() -> None:
