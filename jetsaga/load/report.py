@@ -66,7 +66,7 @@ class Report(msgspec.Struct, kw_only=True, rename="camel"):
     throughput: Throughput
     latency: Latency
     latency_from_send: Latency
-    # from the due time, per final status (CONFIRMED, CANCELLED, FAILED), those seen only
+    # from the due time, per final status reached (CONFIRMED, CANCELLED, FAILED)
     latency_by_outcome: dict[str, Latency]
     post_latency: Latency
     sender: SenderStats

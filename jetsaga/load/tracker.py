@@ -5,8 +5,9 @@ percentiles are computed when asked. Latency is kept twice, from the order's due
 (free of coordinated omission) and from its actual send, in microsecond HDR histograms.
 The latency from the due time is also kept per final status: a declined order's saga
 compensates, two hops longer than a confirmed one, so the slowest orders of a mixed run are
-mostly cancelled ones. Orders before `measured_from` are the warm-up: tracked like every other order (they can be
-lost), but kept out of the latency histograms; the per-second series has them all.
+mostly cancelled ones. Orders before `measured_from` are the warm-up: tracked like every
+other order (they can be lost), but kept out of the latency histograms; the per-second
+series has them all.
 """
 
 from __future__ import annotations
@@ -196,8 +197,9 @@ class Tracker:
         self.final_ns[i] = at_ns
         self.final_source[source] += 1
         if i >= self.measured_from:
-            us = self.latency_due.record(at_ns - self.due_ns[i])
-            self.latency_by_outcome[final].record(at_ns - self.due_ns[i])
+            late_ns = at_ns - self.due_ns[i]
+            us = self.latency_due.record(late_ns)
+            self.latency_by_outcome[final].record(late_ns)
             self.latency_sent.record(at_ns - self.sent_ns[i])
         else:
             us = clamped_us(at_ns - self.due_ns[i])
