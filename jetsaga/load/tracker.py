@@ -127,7 +127,9 @@ class Tracker:
         self.in_flight = self.max_in_flight = 0
         self.open: set[int] = set()  # accepted and not final
         self.latency_due = Latencies()
-        self.latency_by_outcome = {o: Latencies() for o in Outcome if o is not Outcome.NONE}
+        self.latency_by_outcome: dict[Outcome, Latencies] = {
+            o: Latencies() for o in Outcome if o is not Outcome.NONE
+        }
         self.latency_sent = Latencies()
         self.post_latency = Latencies()
         self.send_lag = Latencies()
