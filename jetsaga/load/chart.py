@@ -113,6 +113,11 @@ def render_html(report: Report) -> str:
         f"latency p50 {lat.p50:,.1f} / p95 {lat.p95:,.1f} / p99 {lat.p99:,.1f} / "
         f"max {lat.max:,.1f} ms"
     )
+    if report.latency_by_outcome:
+        summary += "<br>p50 / p99 by final status: " + ", ".join(
+            f"{name} {o.p50:,.1f} / {o.p99:,.1f} ms"
+            for name, o in report.latency_by_outcome.items()
+        )
     rates = _panel(
         "orders per second",
         "orders/s",

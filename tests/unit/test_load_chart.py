@@ -58,6 +58,8 @@ def test_html_chart_is_one_file_with_inline_svg_and_nothing_fetched(tmp_path: Pa
     points = re.search(r'points="([^"]+)"', page)
     assert points is not None
     assert len(points.group(1).split()) == len(report.time_series) == 4  # one point a second
+    by = report.latency_by_outcome["CONFIRMED"]
+    assert f"by final status: CONFIRMED {by.p50:,.1f} / {by.p99:,.1f} ms" in page
 
 
 def test_html_chart_shades_the_warm_up(tmp_path: Path) -> None:
