@@ -36,6 +36,7 @@ import asyncpg
 import msgspec
 
 from jetsaga.config import SERVICE_DATABASES, with_database
+from jetsaga.load.figures import nearest_rank
 
 HOPS = ("to inventory", "back to order", "to payment", "payment", "back to order")
 
@@ -102,10 +103,6 @@ async def fetch(url: str, since: datetime) -> list[Trace]:
     return traces
 
 
-def _pct(sorted_values: Sequence[float], q: float) -> float:
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
-
-
 def table(traces: Iterable[Trace]) -> str:
     """Median of each hop per second of the sagas' start, then p50/p90/p99 of each over all."""
     by_second: dict[int, list[tuple[float, ...]]] = defaultdict(list)
@@ -129,10 +126,10 @@ def table(traces: Iterable[Trace]) -> str:
     columns = [sorted(column) for column in zip(*everything, strict=True)]
     totals = sorted(sum(h) for h in everything)
     lines.append(f"{len(everything)} sagas")
-    for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+    for p in (50, 90, 99):
         lines.append(
-            f"{name:>4} {'':>6} {_pct(totals, q):>7.1f} |"
-            + "".join(f"{_pct(c, q):>15.1f}" for c in columns)
+            f"{f'p{p}':>4} {'':>6} {nearest_rank(totals, p):>7.1f} |"
+            + "".join(f"{nearest_rank(c, p):>15.1f}" for c in columns)
         )
     return "\n".join(lines)
 

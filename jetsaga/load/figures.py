@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeVar
+
 import msgspec
 from hdrh.histogram import HdrHistogram
 
 from jetsaga.load.arrivals import due_offset_ns
 from jetsaga.load.tracker import Post, Tracker
+
+N = TypeVar("N", int, float)
 
 _NS_PER_S = 1e9
 
@@ -58,7 +63,7 @@ def latency_of(histogram: HdrHistogram) -> Latency:
     )
 
 
-def nearest_rank(ordered: list[int], p: float) -> int:
+def nearest_rank(ordered: Sequence[N], p: float) -> N:
     """The p-th percentile (0 < p <= 100) of a sorted, non-empty list, by nearest rank."""
     rank = -(-len(ordered) * p // 100)  # ceil
     return ordered[max(0, int(rank) - 1)]
