@@ -14,6 +14,9 @@ handler that applies it in one transaction. Then:
   its neighbours; a failing message is nak'ed with a delay that grows with its delivery
   count, and on its last delivery it is dead-lettered and terminated.
 
+A consumer off the path an order waits on may be paced (`ConsumerSpec.pace_s`): its batches
+start at most that often, so that under load it takes bigger ones, less often.
+
 Handlers never see a NATS `Msg`.
 """
 
@@ -132,6 +135,16 @@ class _Heartbeat:
             self._task.cancel()
 
 
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Wait `seconds`, or less if the worker is told to stop: the pace of background loops
+    and of paced consumers."""
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        pass
+
+
 class Consumer:
     def __init__(
         self,
@@ -172,14 +185,21 @@ class Consumer:
                 group.create_task(self._loop(pull, stop))
 
     async def _loop(self, pull: StandingPull, stop: asyncio.Event) -> None:
+        pace = self.spec.pace_s
+        began = float("-inf")  # the last batch's start: the first message is taken at once
         try:
             while not stop.is_set():
+                if pace and time.monotonic() < began + pace:
+                    await pause(stop, began + pace - time.monotonic())
+                    continue  # told to stop meanwhile, or paused long enough
                 try:
                     msgs = await pull.take(self._batch, wait_s=1.0)
                 except nats.errors.Error:
                     # Disconnected or reconnecting: nats-py reconnects by itself.
                     await asyncio.sleep(0.5)
                     continue
+                if msgs:
+                    began = time.monotonic()
                 await self.process(msgs)
         finally:
             await self._hand_back(await pull.stop())

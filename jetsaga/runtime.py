@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 
 from jetsaga import db, natsclient, tracing
 from jetsaga.config import Settings
-from jetsaga.consumer import Consumer, Handler
+from jetsaga.consumer import Consumer, Handler, pause
 from jetsaga.contracts import ConsumerSpec
 from jetsaga.deadletter import DeadLetters, watch_advisories
 from jetsaga.http import base_routes
@@ -99,15 +99,6 @@ async def _connect_nats(settings: Settings, name: str) -> NATS:
         # subjects the server gave them: checking each one again is wasted work.
         skip_subject_validation=True,
     )
-
-
-async def pause(stop: asyncio.Event, seconds: float) -> None:
-    """Wait `seconds`, or less if the worker is told to stop: the pace of background loops."""
-    try:
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    except TimeoutError:
-        pass
 
 
 async def _watch_backlog(

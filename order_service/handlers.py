@@ -17,9 +17,8 @@ import asyncpg
 
 from jetsaga import inbox, outbox
 from jetsaga.config import Settings
-from jetsaga.consumer import Delivery, Handler, PermanentError
+from jetsaga.consumer import Delivery, Handler, PermanentError, pause
 from jetsaga.outbox import OutboxRelay, Outgoing
-from jetsaga.runtime import pause
 from order_service import metrics, store
 from order_service.saga import Context, Decision, Event, SagaStatus, Timeout, transition
 

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 import asyncpg
+import msgspec
 import nats
 import pytest
 from nats.aio.client import Client as NATS
@@ -77,6 +78,30 @@ async def test_dependency_outage_holds_the_batch_without_spending_deliveries(bus
     assert await dead_letters(bus) == []
     stop.set()
     await task
+
+
+async def test_a_paced_consumer_takes_a_lone_message_at_once_and_gathers_the_next_ones(
+    bus: NATS,
+) -> None:
+    batches: list[list[str]] = []
+
+    async def handler(batch: Sequence[Delivery]) -> int:
+        batches.append([d.message.order_id for d in batch])
+        return 0
+
+    # Paced long enough that the five publishes below land well inside one pause.
+    spec = msgspec.structs.replace(contracts.CONSUMERS_BY_DURABLE["inventory-service"], pace_s=5.0)
+    stop, task = await run_consumer(bus, handler, spec)
+    await publish(bus, created("first"))
+    await wait_until(lambda: batches == [["first"]], message="the first message, on its own")
+    for i in range(5):
+        await publish(bus, created(f"next-{i}"))
+        assert len(batches) == 1  # no batch starts inside the pause
+
+    await wait_until(lambda: len(batches) == 2, timeout=15, message="the batch after the pause")
+    assert batches[1] == [f"next-{i}" for i in range(5)]
+    stop.set()
+    await asyncio.wait_for(task, 5)  # told to stop, it does not sit out a pause
 
 
 async def test_a_batch_held_past_its_ack_wait_is_not_redelivered(bus: NATS) -> None:
