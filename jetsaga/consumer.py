@@ -9,7 +9,8 @@ handler that applies it in one transaction. Then:
   dead letter, then `term`;
 - a dependency that is away (`TransientError`, lost database connection, deadlock): keep the
   batch, heartbeat it with `in_progress()` and retry it with back-off, so an outage does not
-  burn deliveries;
+  burn deliveries (with `ConsumerSpec.relief`, a second taker handles what arrives
+  meanwhile);
 - any other failure of a batch: retry message by message, so one bad message does not fail
   its neighbours; a failing message is nak'ed with a delay that grows with its delivery
   count, and on its last delivery it is dead-lettered and terminated.
@@ -23,6 +24,7 @@ Handlers never see a NATS `Msg`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -135,6 +137,24 @@ class _Heartbeat:
             self._task.cancel()
 
 
+# Set while the loop running in this task holds a batch through an outage: its relief's cue.
+_holding: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar(
+    "consumer_holding", default=None
+)
+
+
+async def _either(first: asyncio.Event, second: asyncio.Event) -> None:
+    """Until one of two events is set."""
+    if first.is_set() or second.is_set():
+        return
+    waits = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
 async def pause(stop: asyncio.Event, seconds: float) -> None:
     """Wait `seconds`, or less if the worker is told to stop: the pace of background loops
     and of paced consumers."""
@@ -182,9 +202,13 @@ class Consumer:
                     self._nc, self.spec.stream, self.spec.durable, credit=self._batch
                 )
                 await pull.start()
-                group.create_task(self._loop(pull, stop))
+                holding = asyncio.Event()
+                group.create_task(self._loop(pull, stop, holding))
+                if self.spec.relief:
+                    group.create_task(self._relieve(pull, stop, holding))
 
-    async def _loop(self, pull: StandingPull, stop: asyncio.Event) -> None:
+    async def _loop(self, pull: StandingPull, stop: asyncio.Event, holding: asyncio.Event) -> None:
+        _holding.set(holding)  # this task's own context: its batches set it while held
         pace = self.spec.pace_s
         began = float("-inf")  # the last batch's start: the first message is taken at once
         try:
@@ -203,6 +227,20 @@ class Consumer:
                 await self.process(msgs)
         finally:
             await self._hand_back(await pull.stop())
+
+    async def _relieve(
+        self, pull: StandingPull, stop: asyncio.Event, holding: asyncio.Event
+    ) -> None:
+        """Take from a loop's pull while that loop holds a batch through an outage."""
+        while not stop.is_set():
+            await _either(holding, stop)
+            while holding.is_set() and not stop.is_set():
+                try:
+                    msgs = await pull.take(self._batch, wait_s=1.0)
+                except nats.errors.Error:
+                    await asyncio.sleep(0.5)
+                    continue
+                await self.process(msgs)
 
     async def _hand_back(self, msgs: list[Msg]) -> None:
         """Delivered but never handled when the loop stopped: redeliver them now rather
@@ -281,6 +319,16 @@ class Consumer:
 
     async def _run_held(self, batch: list[tuple[Msg, Delivery]]) -> BaseException | None:
         """Run the handler; while a dependency is away, hold the batch and retry."""
+        holding = _holding.get()
+        try:
+            return await self._retry_held(batch, holding)
+        finally:
+            if holding is not None:
+                holding.clear()
+
+    async def _retry_held(
+        self, batch: list[tuple[Msg, Delivery]], holding: asyncio.Event | None
+    ) -> BaseException | None:
         attempt = 0
         while True:
             try:
@@ -289,6 +337,8 @@ class Consumer:
                 if self._stop.is_set():
                     raise _Abandoned from exc
                 attempt += 1
+                if holding is not None:
+                    holding.set()  # the loop's relief takes over what arrives meanwhile
                 if attempt == 1 or attempt % 20 == 0:
                     log.warning(
                         "dependency unavailable, holding batch",

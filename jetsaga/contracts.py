@@ -230,10 +230,15 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
     ack_wait_s: float = 30.0
     max_ack_pending: int = 4_000
     # Loops a worker runs on the consumer, each with its own standing pull. One gives the
-    # biggest batches and no lock contention between batches of one worker. A consumer
-    # whose handler holds a batch while an outside dependency is away needs a second, or a
-    # compensation queued behind the held batch would wait for that dependency too.
+    # biggest batches and no lock contention between batches of one worker.
     loops: int = 1
+    # A second taker on each loop's pull, idle until the loop holds a batch while an outside
+    # dependency is away; then it handles what arrives meanwhile, so that a compensation
+    # queued behind the held batch does not wait for that dependency too. (A second loop
+    # would do the same, but it splits every batch in two, and each half pays the batch's
+    # fixed cost: two loops on the payment consumer made 76 batches a second at 1,000
+    # orders/s, and the saga's p99 was 1.6 times that of one loop.)
+    relief: bool = False
     # The least time between the starts of two batches of a loop. 0, on the path an order
     # waits on: a batch starts as soon as the last one ends. A consumer off that path may
     # wait for company, so that under load it pays its fixed cost per batch (a transaction
@@ -277,7 +282,7 @@ CONSUMERS: Final = (
         filter_subjects=(PAYMENTS_PROCESS_REQUEST, PAYMENTS_REFUND_REQUEST),
         ack_wait_s=60.0,
         max_ack_pending=2_000,
-        loops=2,  # a refund must get past a charge held while the gateway is down
+        relief=True,  # a refund must get past a charge held while the gateway is down
     ),
     ConsumerSpec(
         durable="order-service-inventory",

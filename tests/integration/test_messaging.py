@@ -104,6 +104,32 @@ async def test_a_paced_consumer_takes_a_lone_message_at_once_and_gathers_the_nex
     await asyncio.wait_for(task, 5)  # told to stop, it does not sit out a pause
 
 
+async def test_a_relief_handles_what_arrives_while_its_loop_holds_a_batch(bus: NATS) -> None:
+    away = True  # the held order's dependency
+    attempts: list[str] = []
+    handled: list[str] = []
+
+    async def handler(batch: Sequence[Delivery]) -> int:
+        ids = [d.message.order_id for d in batch]
+        attempts.extend(ids)
+        if away and "held" in ids:
+            raise TransientError("gateway away")
+        handled.extend(ids)
+        return 0
+
+    spec = msgspec.structs.replace(contracts.CONSUMERS_BY_DURABLE["inventory-service"], relief=True)
+    stop, task = await run_consumer(bus, handler, spec)
+    await publish(bus, created("held"))
+    await wait_until(lambda: attempts.count("held") >= 2, message="the batch held and retried")
+    await publish(bus, created("later"))
+
+    await wait_until(lambda: handled == ["later"], message="the relief handled what came later")
+    away = False
+    await wait_until(lambda: handled == ["later", "held"], message="the held batch, once back")
+    stop.set()
+    await task
+
+
 async def test_a_batch_held_past_its_ack_wait_is_not_redelivered(bus: NATS) -> None:
     """The heartbeat: a handler slower than the ack wait keeps its messages."""
     spec = ConsumerSpec(durable="slow", stream="ORDERS", filter_subjects=("orders.created",),
