@@ -21,7 +21,7 @@ from inventory_service.domain import RELEASED
 from inventory_service.handlers import utcnow
 from inventory_service.rules import plan_expiry
 from jetsaga import inbox, outbox
-from jetsaga.consumer import pause
+from jetsaga.waits import pause
 
 log = logging.getLogger(__name__)
 

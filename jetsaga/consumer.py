@@ -40,6 +40,7 @@ from jetsaga import contracts, db, tracing
 from jetsaga.contracts import MAX_DELIVER, ConsumerSpec
 from jetsaga.metrics import HANDLER_DURATION, MESSAGES_DEAD_LETTERED, MESSAGES_PROCESSED
 from jetsaga.puller import StandingPull
+from jetsaga.waits import either, pause
 
 log = logging.getLogger(__name__)
 
@@ -143,28 +144,6 @@ _holding: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar(
 )
 
 
-async def _either(first: asyncio.Event, second: asyncio.Event) -> None:
-    """Until one of two events is set."""
-    if first.is_set() or second.is_set():
-        return
-    waits = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
-
-
-async def pause(stop: asyncio.Event, seconds: float) -> None:
-    """Wait `seconds`, or less if the worker is told to stop: the pace of background loops
-    and of paced consumers."""
-    try:
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    except TimeoutError:
-        pass
-
-
 class Consumer:
     def __init__(
         self,
@@ -233,7 +212,7 @@ class Consumer:
     ) -> None:
         """Take from a loop's pull while that loop holds a batch through an outage."""
         while not stop.is_set():
-            await _either(holding, stop)
+            await either(holding, stop)
             while holding.is_set() and not stop.is_set():
                 try:
                     msgs = await pull.take(self._batch, wait_s=1.0)

@@ -25,13 +25,14 @@ from nats.js import JetStreamContext
 
 from jetsaga import db, natsclient, tracing
 from jetsaga.config import Settings
-from jetsaga.consumer import Consumer, Handler, pause
+from jetsaga.consumer import Consumer, Handler
 from jetsaga.contracts import ConsumerSpec
 from jetsaga.deadletter import DeadLetters, watch_advisories
 from jetsaga.http import base_routes
 from jetsaga.leanhttp import LeanServer, Route
 from jetsaga.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING
 from jetsaga.outbox import OutboxRelay
+from jetsaga.waits import pause
 
 log = logging.getLogger(__name__)
 

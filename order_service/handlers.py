@@ -17,8 +17,9 @@ import asyncpg
 
 from jetsaga import inbox, outbox
 from jetsaga.config import Settings
-from jetsaga.consumer import Delivery, Handler, PermanentError, pause
+from jetsaga.consumer import Delivery, Handler, PermanentError
 from jetsaga.outbox import OutboxRelay, Outgoing
+from jetsaga.waits import pause
 from order_service import metrics, store
 from order_service.saga import Context, Decision, Event, SagaStatus, Timeout, transition
 

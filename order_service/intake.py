@@ -23,6 +23,7 @@ from collections import deque
 import asyncpg
 
 from jetsaga.outbox import OutboxRelay, Staged
+from jetsaga.waits import either
 from order_service import store
 
 log = logging.getLogger(__name__)
@@ -90,11 +91,7 @@ class IntakeWriter:
         while not stop.is_set() or self._queue:
             if not self._queue:
                 self._wake.clear()
-                waiter = asyncio.ensure_future(self._wake.wait())
-                stopper = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                stopper.cancel()
+                await either(self._wake, stop)
                 if self._linger and len(self._queue) < MAX_GROUP:
                     await asyncio.sleep(self._linger)
                 continue
