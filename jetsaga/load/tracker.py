@@ -3,11 +3,11 @@
 The hot path (one call per send, response and final status) only appends and counts;
 percentiles are computed when asked. Latency is kept twice, from the order's due time
 (free of coordinated omission) and from its actual send, in microsecond HDR histograms.
-The latency from the due time is also kept per final status: a declined order's saga
-compensates, two hops longer than a confirmed one, so the slowest orders of a mixed run are
-mostly cancelled ones. Orders before `measured_from` are the warm-up: tracked like every
-other order (they can be lost), but kept out of the latency histograms; the per-second
-series has them all.
+The latency from the due time is kept per final status, and the overall one is their sum:
+a declined order's saga compensates, two hops longer than a confirmed one, so the slowest
+orders of a mixed run are mostly cancelled ones. Orders before `measured_from` are the
+warm-up: tracked like every other order (they can be lost), but kept out of the latency
+histograms; the per-second series has them all.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from hdrh.histogram import HdrHistogram
 
@@ -85,6 +85,15 @@ class Latencies:
         self._counts[us >> shift << shift] += 1  # the lowest value of its bucket, or finer
         return us
 
+    @classmethod
+    def merged(cls, parts: Iterable[Latencies]) -> Latencies:
+        """The values of every part, in one."""
+        merged = cls()
+        for part in parts:
+            for us, n in part._counts.items():
+                merged._counts[us] += n
+        return merged
+
     def histogram(self) -> HdrHistogram:
         histogram = new_histogram()
         for us, n in self._counts.items():
@@ -126,7 +135,6 @@ class Tracker:
         self.final_source: Counter[str] = Counter()
         self.in_flight = self.max_in_flight = 0
         self.open: set[int] = set()  # accepted and not final
-        self.latency_due = Latencies()
         self.latency_by_outcome: dict[Outcome, Latencies] = {
             o: Latencies() for o in Outcome if o is not Outcome.NONE
         }
@@ -189,6 +197,11 @@ class Tracker:
         if self.final[i] == Outcome.NONE:
             self.open.add(i)
 
+    @property
+    def latency_due(self) -> Latencies:
+        """From the due time, of the measured orders that reached any final status."""
+        return Latencies.merged(self.latency_by_outcome.values())
+
     def on_final(self, order_id: str, final: Outcome, at_ns: int, source: str) -> bool:
         """Record that an order went final at `at_ns`; False if unknown or already final."""
         i = self.index.get(order_id)
@@ -199,9 +212,7 @@ class Tracker:
         self.final_ns[i] = at_ns
         self.final_source[source] += 1
         if i >= self.measured_from:
-            late_ns = at_ns - self.due_ns[i]
-            us = self.latency_due.record(late_ns)
-            self.latency_by_outcome[final].record(late_ns)
+            us = self.latency_by_outcome[final].record(at_ns - self.due_ns[i])
             self.latency_sent.record(at_ns - self.sent_ns[i])
         else:
             us = clamped_us(at_ns - self.due_ns[i])
