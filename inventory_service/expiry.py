@@ -39,8 +39,8 @@ async def expire_due(
             return 0
         await store.lock_stock(conn, [p for r in due for p in r.items])
         plan = plan_expiry(due)
-        await store.close_reservations(conn, plan.deltas, plan.closed, RELEASED)
-        await outbox.enqueue(conn, [outbox.outgoing(d.event) for d in plan.decisions if d.event])
+        out = [outbox.outgoing(d.event) for d in plan.decisions if d.event]
+        await store.close_reservations(conn, plan.deltas, plan.closed, RELEASED, out)
     for decision in plan.decisions:
         log.info("reservation expired", extra={"orderId": decision.order_id})
     return len(due)

@@ -143,22 +143,28 @@ class Handlers:
     async def release(self, batch: Sequence[Delivery]) -> int:
         """inventory.release_request: give reserved stock back to available."""
         async with self._transaction() as conn:
-            fresh = await inbox.claim(conn, RELEASE, batch)
+            requests = _typed(batch, ReleaseInventory)
+            claimed, marked = await store.claim_and_mark_released(
+                conn,
+                RELEASE,
+                [(d.key, r.order_id, r.reason) for d, r in zip(batch, requests, strict=True)],
+            )
+            fresh = inbox.first_fresh(batch, claimed)
             again = applied_before(batch, fresh)
             await answer_again(conn, RELEASE, again, ReleaseInventory, reanswers.release)
             if not fresh:
                 return len(batch)
             requests = _typed(fresh, ReleaseInventory)
-            ids = [r.order_id for r in requests]
-            # First, so that an order reserving right now is seen by the next statement.
-            marked = await store.insert_tombstones(conn, ids, [r.reason for r in requests])
-            held = await store.lock_reservations(conn, [i for i in ids if i not in marked])
-            open_ = [r for r in held.values() if r.status == RESERVED]
-            await store.lock_stock(conn, [p for r in open_ for p in r.items])
+            # A statement after the tombstones: it sees an order that was reserving meanwhile.
+            held, _ = await store.lock_with_stock(
+                conn, [r.order_id for r in requests if r.order_id not in marked], [RESERVED]
+            )
             plan = rules.plan_release(requests, marked, held)
+            out = emitted(fresh, plan, durable=RELEASE)
             if plan.closed:
-                await store.close_reservations(conn, plan.deltas, plan.closed, RELEASED)
-            await outbox.enqueue(conn, emitted(fresh, plan, durable=RELEASE))
+                await store.close_reservations(conn, plan.deltas, plan.closed, RELEASED, out)
+            else:
+                await outbox.enqueue(conn, out)
         return len(batch) - len(fresh)
 
     async def confirm(self, batch: Sequence[Delivery]) -> int:
@@ -168,9 +174,9 @@ class Handlers:
             if not fresh:
                 return len(batch)
             orders = _typed(fresh, OrderConfirmed)
-            held = await store.lock_reservations(conn, [o.order_id for o in orders])
-            products = [p for r in held.values() if r.status != CONFIRMED for p in r.items]
-            available = await store.lock_stock(conn, products)
+            held, available = await store.lock_with_stock(
+                conn, [o.order_id for o in orders], [RESERVED, RELEASED]
+            )
             try:
                 plan = rules.plan_confirm(orders, held, available)
             except rules.CannotConfirm as exc:

@@ -150,22 +150,39 @@ async def open_reservations(
     outbox.stage(outbox_ids, out)
 
 
-async def insert_tombstones(
-    conn: asyncpg.Connection, order_ids: Sequence[str], reasons: Sequence[str]
-) -> set[str]:
-    """Mark orders with no reservation row as released; returns the orders marked now.
+_CLAIM_AND_MARK = f"""
+WITH claimed AS ({inbox.CLAIM}),
+marked AS (
+    INSERT INTO reservations (order_id, status, reason)
+    SELECT o, 'released', r FROM unnest($2::text[], $3::text[], $4::text[]) AS t (k, o, r)
+    WHERE k IN (SELECT msg_key FROM claimed) ORDER BY o
+    ON CONFLICT (order_id) DO NOTHING RETURNING order_id
+)
+SELECT msg_key AS id, 'key' AS kind FROM claimed
+UNION ALL SELECT order_id, 'order' FROM marked
+"""
 
-    It waits for a concurrent reservation of the same order to commit or roll back, so a
-    later statement of this transaction sees that reservation.
+
+async def claim_and_mark_released(
+    conn: asyncpg.Connection, consumer: str, requests: Sequence[tuple[str, str, str | None]]
+) -> tuple[set[str], set[str]]:
+    """In one statement: claim the inbox keys of (key, order id, reason) release requests,
+    and mark the orders of the keys claimed now that have no reservation row as released
+    (a tombstone). Returns the keys claimed now and the orders marked now.
+
+    A tombstone waits for a concurrent reservation of the same order to commit or roll back,
+    so the transaction's next statement, with a newer snapshot, sees that reservation.
     """
-    marked = await conn.fetch(
-        "INSERT INTO reservations (order_id, status, reason)"
-        " SELECT o, 'released', r FROM unnest($1::text[], $2::text[]) AS t (o, r)"
-        " ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
-        list(order_ids),
-        list(reasons),
+    rows = await conn.fetch(
+        _CLAIM_AND_MARK,
+        consumer,
+        [key for key, _, _ in requests],
+        [order_id for _, order_id, _ in requests],
+        [reason for _, _, reason in requests],
     )
-    return {r["order_id"] for r in marked}
+    return {r["id"] for r in rows if r["kind"] == "key"}, {
+        r["id"] for r in rows if r["kind"] == "order"
+    }
 
 
 def _reservations(rows: Sequence[asyncpg.Record]) -> dict[str, Reservation]:
@@ -195,18 +212,40 @@ _RESERVATION_COLUMNS = (
 )
 
 
-async def lock_reservations(
-    conn: asyncpg.Connection, order_ids: Sequence[str]
-) -> dict[str, Reservation]:
+# Reservation rows first, then the stock rows held by those whose status is in $2: the lock
+# order. The stock rows are found from the locked rows (an init plan), so they are locked
+# after them.
+_LOCK_WITH_STOCK = f"""
+WITH held AS MATERIALIZED (
+    SELECT order_id, reservation_id, status, expires_at FROM reservations
+    WHERE order_id = ANY($1::text[]) ORDER BY order_id FOR UPDATE
+),
+lines AS MATERIALIZED (
+    SELECT {_RESERVATION_COLUMNS} FROM held r LEFT JOIN reservation_items i USING (order_id)
+),
+locked AS (
+    SELECT product_id, available FROM stock
+    WHERE product_id = ANY(ARRAY(SELECT product_id FROM lines WHERE status = ANY($2::text[])))
+    ORDER BY product_id FOR UPDATE
+)
+SELECT *, NULL::bigint AS available FROM lines
+UNION ALL SELECT NULL, NULL, NULL, NULL, product_id, NULL, available FROM locked
+"""
+
+
+async def lock_with_stock(
+    conn: asyncpg.Connection, order_ids: Sequence[str], statuses: Sequence[str]
+) -> tuple[dict[str, Reservation], dict[str, int]]:
+    """Lock the reservations of `order_ids` and the stock rows held by those whose status is
+    one of `statuses`, in one statement; returns the reservations and the locked products'
+    available stock."""
     if not order_ids:
-        return {}
-    rows = await conn.fetch(
-        f"SELECT {_RESERVATION_COLUMNS} FROM reservations r"
-        " LEFT JOIN reservation_items i USING (order_id)"
-        " WHERE r.order_id = ANY($1::text[]) ORDER BY r.order_id FOR UPDATE OF r",
-        sorted(set(order_ids)),
-    )
-    return _reservations(rows)
+        return {}, {}
+    rows = await conn.fetch(_LOCK_WITH_STOCK, sorted(set(order_ids)), list(statuses))
+    held = [row for row in rows if row["order_id"] is not None]
+    return _reservations(held), {
+        row["product_id"]: row["available"] for row in rows if row["order_id"] is None
+    }
 
 
 async def reservations_of(
@@ -242,18 +281,24 @@ async def close_reservations(
     deltas: Sequence[Delta],
     closed: Sequence[tuple[str, str | None]],
     status: str,
+    out: Sequence[outbox.Outgoing] = (),
 ) -> None:
-    """Write stock changes and the new status of (order id, reason) reservations at once."""
-    await conn.execute(
-        f"WITH {_MOVE} UPDATE reservations SET status = $5,"
-        " reason = coalesce(c.reason, reservations.reason), updated_at = now()"
-        " FROM unnest($6::text[], $7::text[]) AS c (order_id, reason)"
-        " WHERE reservations.order_id = c.order_id",
+    """Write stock changes, the new status of (order id, reason) reservations and the
+    outgoing messages in one statement."""
+    outbox_ids = await conn.fetchval(
+        f"WITH {_MOVE}, closed AS (UPDATE reservations SET status = $5,"
+        "  reason = coalesce(c.reason, reservations.reason), updated_at = now()"
+        "  FROM unnest($6::text[], $7::text[]) AS c (order_id, reason)"
+        "  WHERE reservations.order_id = c.order_id),"
+        f" o AS ({outbox.insert_statement(8)})"
+        " SELECT coalesce(array_agg(id), '{}') FROM o",
         *_delta_args(deltas),
         status,
         [order_id for order_id, _ in closed],
         [reason for _, reason in closed],
+        *outbox.insert_args(out),
     )
+    outbox.stage(outbox_ids, out)
 
 
 async def count_active(conn: asyncpg.Connection) -> int:

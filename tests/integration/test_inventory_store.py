@@ -8,6 +8,7 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -293,6 +294,39 @@ async def test_a_release_that_overtakes_a_reservation_in_flight_makes_the_batch_
     assert await handlers.reserve([created("o-1", ("a", 1))]) == 0  # the loop's retry
     assert await levels(pool, "a") == (5, 0, 0)
     assert [type(m) for m in await emitted(pool)] == [InventoryReleased]
+
+
+async def test_a_release_that_meets_a_reservation_in_flight_waits_for_it_and_releases_it(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=5)
+    written, committing = asyncio.Event(), asyncio.Event()
+
+    @asynccontextmanager
+    async def held_open() -> AsyncIterator[asyncpg.Connection]:
+        async with pool.acquire() as conn, conn.transaction():
+            yield conn
+            written.set()  # the reservation is written, and not committed yet
+            await committing.wait()
+
+    reserving = Handlers(pool, TTL_S, clock=lambda: T0, transaction=held_open)
+    reserve = asyncio.create_task(reserving.reserve([created("o-1", ("a", 2))]))
+    await written.wait()
+    releasing = asyncio.create_task(handlers.release([release("o-1", reason="payment_failed")]))
+    await wait_until(
+        lambda: pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        ),
+        message="the release's tombstone waits on the reservation in flight",
+    )
+    committing.set()
+    assert await reserve == 0
+    assert await releasing == 0
+    assert await levels(pool, "a") == (5, 0, 0)
+    assert (await emitted(pool))[-1] == InventoryReleased(
+        order_id="o-1", reservation_id=str(reservation_id_for("o-1")), reason="payment_failed"
+    )
 
 
 @pytest.mark.parametrize("round_", range(10))
