@@ -2,14 +2,15 @@
 
 A round takes the first command of each order in the batch through three steps, with no
 transaction open during a gateway call:
-1. create missing rows and find commands already applied (inbox) in one statement, read
-   every row in a second, and answer each command applied before again, from its row (its
-   first answer may have been lost), in a transaction only when there are such commands;
+1. create missing rows, read every row and find commands already applied (inbox) in one
+   statement, and answer each command applied before again, from its row (its first
+   answer may have been lost), in a transaction only when there are such commands;
 2. (only if some order needs a charge) after creating intents concurrently, record them in
    one statement, compare-and-set, so that no intent is ever confirmed before our row
    names it;
 3. after the gateway calls (concurrent, bounded), write the changes (compare-and-set on the
-   version read), claim the inbox keys and enqueue the answers, all in one commit.
+   version read) and claim the inbox keys in one statement, then enqueue the answers, in
+   one commit.
 A row that changed under a command sends that command to another round, decided afresh.
 Orders whose gateway call failed get nothing written; once the rest is committed, the batch
 is handed back (`TransientError`) and retried by the consumer loop.
@@ -23,7 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
-from jetsaga import inbox, outbox, tracing
+from jetsaga import outbox, tracing
 from jetsaga.consumer import Delivery, PermanentError, TransientError
 from jetsaga.contracts import ProcessPayment, RefundPayment
 from payment_service import flows, metrics, rounds, rules, store
@@ -95,15 +96,13 @@ class PaymentHandler:
         # compare-and-set on their version, which every writer checks).
         async with self._pool.acquire() as conn:
             # A command applied before has its row already: opening it again does nothing.
-            done = await store.open_payments(
+            rows, done = await store.open_payments(
                 conn,
                 [rules.opening(rounds.command(d)) for d in deliveries],
                 CONSUMER,
                 [d.key for d in deliveries],
             )
             fresh = [d for d in deliveries if d.key not in done]
-            # A statement of its own, to see rows a concurrent batch opened meanwhile.
-            rows = await store.load(conn, [d.message.order_id for d in deliveries])
         again = []
         if len(fresh) < len(deliveries):
             duplicates = [d for d in deliveries if d.key in done and d.key not in earlier]
@@ -156,10 +155,11 @@ class PaymentHandler:
         if not works:
             return 0
         async with self._transaction() as conn:
-            applied = await store.apply(conn, rounds.changes(works))
+            applied, claimed = await store.apply_and_claim(
+                conn, rounds.changes(works), CONSUMER, rounds.claims(works)
+            )
             changed, answering = rounds.written(works, applied)
-            claimed = await inbox.claim(conn, CONSUMER, [w.delivery for w in answering])
-            out, duplicates = rounds.answers(answering, {d.key for d in claimed})
+            out, duplicates = rounds.answers(answering, claimed)
             await outbox.enqueue(conn, out)
         for w in changed:
             metrics.outcome(w.row.status)

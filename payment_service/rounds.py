@@ -59,6 +59,17 @@ def changes(works: Sequence[Work]) -> list[Change]:
     return sorted(found, key=lambda c: c.order_id)
 
 
+def claims(works: Sequence[Work]) -> list[tuple[str, str | None]]:
+    """The inbox keys to claim with the changes: (key, order id) of a command with a change,
+    claimed only if its change is applied; (key, None) of one answered from its row as it
+    is. A command that failed or is decided again claims nothing."""
+    return [
+        (w.delivery.key, None if w.outcome is None else w.row.order_id)
+        for w in works
+        if not w.redo and w.error is None
+    ]
+
+
 def written(works: Sequence[Work], applied: dict[str, Payment]) -> tuple[list[Work], list[Work]]:
     """After the changes were written: (the commands whose change was applied, every command
     that can be answered now). A change that was not applied marks its command `redo`."""

@@ -65,17 +65,49 @@ def _rows(records: Sequence[asyncpg.Record]) -> dict[str, Payment]:
     return {r["order_id"]: Payment(**dict(r)) for r in records}
 
 
+# Rows of the statements below that return both payments and inbox keys: a key row has its
+# key in `order_id` and NULL in every other column.
+_KEY_ROW = "SELECT 'key' AS kind, {key}" + ", NULL" * (len(_COLUMNS.split(",")) - 1)
+
+_OPEN = f"""
+WITH opened AS (
+    INSERT INTO payments (order_id, status, amount, currency, payment_method)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])
+    ORDER BY 1 ON CONFLICT (order_id) DO NOTHING RETURNING {_COLUMNS}
+)
+SELECT 'row' AS kind, * FROM opened
+UNION ALL SELECT 'row', {_COLUMNS} FROM payments WHERE order_id = ANY($1::text[])
+UNION ALL {_KEY_ROW.format(key="msg_key")} FROM processed_messages
+    WHERE consumer = $6 AND msg_key = ANY($7::text[])
+"""
+
+
+def _rows_and_keys(records: Sequence[asyncpg.Record]) -> tuple[dict[str, Payment], set[str]]:
+    rows: dict[str, Payment] = {}
+    keys: set[str] = set()
+    for record in records:
+        fields = dict(record)
+        if fields.pop("kind") == "key":
+            keys.add(fields["order_id"])
+        else:
+            rows[fields["order_id"]] = Payment(**fields)
+    return rows, keys
+
+
 async def open_payments(
     conn: asyncpg.Connection, openings: Sequence[Opening], consumer: str, keys: Sequence[str]
-) -> set[str]:
-    """Create the rows that do not exist yet (an existing row is left as it is) and, in the
-    same statement, read which inbox keys the consumer applied before (`seen`)."""
-    rows = await conn.fetch(
-        "WITH opened AS (INSERT INTO payments (order_id, status, amount, currency, payment_method)"
-        " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])"
-        " ORDER BY 1 ON CONFLICT (order_id) DO NOTHING)"
-        " SELECT msg_key FROM processed_messages WHERE consumer = $6 AND msg_key = ANY($7::text[])",
-        [o.order_id for o in openings],
+) -> tuple[dict[str, Payment], set[str]]:
+    """Create the rows that do not exist yet (an existing row is left as it is) and read
+    every order's row, and which inbox keys the consumer applied before (`seen`), in one
+    statement: returns (rows, seen).
+
+    A row another transaction created meanwhile is invisible to that statement (its
+    snapshot is older than the row, which the insert waited for): it is read by a second.
+    """
+    order_ids = [o.order_id for o in openings]
+    records = await conn.fetch(
+        _OPEN,
+        order_ids,
         [o.status for o in openings],
         [o.amount for o in openings],
         [o.currency for o in openings],
@@ -83,7 +115,10 @@ async def open_payments(
         consumer,
         list(keys),
     )
-    return {r["msg_key"] for r in rows}
+    rows, seen = _rows_and_keys(records)
+    if missing := [order_id for order_id in order_ids if order_id not in rows]:
+        rows.update(await load(conn, missing))
+    return rows, seen
 
 
 async def load(
@@ -123,24 +158,50 @@ async def record_intents(
     return _rows(rows)
 
 
-async def apply(conn: asyncpg.Connection, changes: Sequence[Change]) -> dict[str, Payment]:
-    """Apply the changes whose row is still at the version read; returns the new rows."""
-    if not changes:
-        return {}
-    rows = await conn.fetch(
-        "UPDATE payments AS p SET status = c.status,"
-        " payment_id = coalesce(c.payment_id, p.payment_id),"
-        " refund_id = coalesce(c.refund_id, p.refund_id),"
-        " failure_reason = coalesce(c.failure_reason, p.failure_reason),"
-        " version = p.version + 1, updated_at = now()"
-        " FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[])"
-        " AS c(order_id, version, status, payment_id, refund_id, failure_reason)"
-        f" WHERE p.order_id = c.order_id AND p.version = c.version RETURNING {_RETURNING}",
+_APPLY_AND_CLAIM = f"""
+WITH applied AS (
+    UPDATE payments AS p SET status = c.status,
+        payment_id = coalesce(c.payment_id, p.payment_id),
+        refund_id = coalesce(c.refund_id, p.refund_id),
+        failure_reason = coalesce(c.failure_reason, p.failure_reason),
+        version = p.version + 1, updated_at = now()
+    FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[])
+        AS c (order_id, version, status, payment_id, refund_id, failure_reason)
+    WHERE p.order_id = c.order_id AND p.version = c.version RETURNING {_RETURNING}
+),
+claimed AS (
+    INSERT INTO processed_messages (consumer, msg_key)
+    SELECT $7, k FROM unnest($8::text[], $9::text[]) AS t (k, o)
+    WHERE o IS NULL OR o IN (SELECT order_id FROM applied)
+    ON CONFLICT DO NOTHING RETURNING msg_key
+)
+SELECT 'row' AS kind, * FROM applied
+UNION ALL {_KEY_ROW.format(key="msg_key")} FROM claimed
+"""
+
+
+async def apply_and_claim(
+    conn: asyncpg.Connection,
+    changes: Sequence[Change],
+    consumer: str,
+    claims: Sequence[tuple[str, str | None]],
+) -> tuple[dict[str, Payment], set[str]]:
+    """In one statement: apply the changes whose row is still at the version read, and claim
+    the inbox keys of (key, order id) claims, where a key with an order id is claimed only
+    if that order's change was applied (None: always). Returns the new rows and the keys
+    claimed now."""
+    if not changes and not claims:
+        return {}, set()
+    records = await conn.fetch(
+        _APPLY_AND_CLAIM,
         [c.order_id for c in changes],
         [c.version for c in changes],
         [c.status for c in changes],
         [c.payment_id for c in changes],
         [c.refund_id for c in changes],
         [c.failure_reason for c in changes],
+        consumer,
+        [key for key, _ in claims],
+        [order_id for _, order_id in claims],
     )
-    return _rows(rows)
+    return _rows_and_keys(records)

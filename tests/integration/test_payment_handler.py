@@ -23,11 +23,12 @@ from jetsaga.contracts import (
     PaymentRefunded,
     PaymentSucceeded,
 )
-from payment_service import store
+from payment_service import rules, store
 from payment_service.fake_gateway import FakeGateway
 from payment_service.gateway import Intent, Unavailable
 from payment_service.handlers import PaymentHandler
 from tests.support.payments import gateway, handler, pool, process, refund
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 __all__ = ["gateway", "handler", "pool"]  # the shared fixtures, imported above
@@ -281,6 +282,26 @@ class CreatesTogether(FakeGateway):
             self.go.set()
         await self.go.wait()
         return intent
+
+
+async def test_a_row_another_batch_opens_meanwhile_is_read_all_the_same(
+    pool: asyncpg.Pool,
+) -> None:
+    order = new_order()
+    opening = rules.opening(process(order).message)  # type: ignore[arg-type]
+    async with pool.acquire() as other, pool.acquire() as conn:
+        async with other.transaction():
+            await store.open_payments(other, [opening], "other", [])
+            opens = asyncio.create_task(store.open_payments(conn, [opening], "c", []))
+            await wait_until(
+                lambda: pool.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                ),
+                message="the second opening waits for the first one's row",
+            )
+        rows, seen = await opens  # its statement's snapshot is older than that row
+    assert rows[order].status == "processing" and seen == set()
 
 
 async def test_concurrent_workers_charge_an_order_once(pool: asyncpg.Pool) -> None:

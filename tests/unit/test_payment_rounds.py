@@ -1,4 +1,5 @@
-"""Which duplicate payment commands are answered again, and with what (`rounds.reanswers`)."""
+"""Which duplicate payment commands are answered again, and with what (`rounds.reanswers`),
+and which inbox keys a round claims with its changes (`rounds.claims`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from jetsaga import contracts
 from jetsaga.consumer import Delivery
 from jetsaga.contracts import AnyMessage, PaymentRefunded, ProcessPayment, RefundPayment
 from payment_service import rounds, rules
+from payment_service.flows import Outcome, Work
 from payment_service.store import Payment
 
 AT = datetime(2025, 1, 2, tzinfo=UTC)
@@ -45,3 +47,17 @@ def test_each_duplicate_gets_what_its_row_implies_and_undecided_or_missing_rows_
 
 def test_no_duplicates_no_answers() -> None:
     assert rounds.reanswers([], {}) == []
+
+
+def test_a_change_claims_its_key_only_if_applied_an_answer_from_the_row_always() -> None:
+    refund = delivery(RefundPayment(order_id="o-1", reason="timeout"))
+    settled = Work(refund, row("o-1", "processing", "pi_1"), outcome=Outcome(status="voided"))
+    as_is = Work(delivery(RefundPayment(order_id="o-2", reason="timeout")), row("o-2", "voided"))
+    redo = Work(delivery(RefundPayment(order_id="o-3", reason="timeout")),
+                row("o-3", "processing"), redo=True)  # fmt: skip
+    failed = Work(delivery(RefundPayment(order_id="o-4", reason="timeout")),
+                  row("o-4", "processing"), error=RuntimeError("gateway"))  # fmt: skip
+    assert rounds.claims([settled, as_is, redo, failed]) == [
+        (settled.delivery.key, "o-1"),
+        (as_is.delivery.key, None),
+    ]
