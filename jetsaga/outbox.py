@@ -88,14 +88,16 @@ def insert_statement(first: int) -> str:
     )
 
 
-def insert_args(messages: Sequence[Outgoing]) -> list[list[Any]]:
+def insert_args(messages: Sequence[Outgoing | None]) -> list[list[Any]]:
+    """The six arrays of `insert_statement`; None is a row of NULLs, for a statement that
+    writes some of the messages it is given."""
     return [
-        [m.subject for m in messages],
-        [m.msg_id for m in messages],
-        [m.payload for m in messages],
-        [m.saga_id for m in messages],
-        [m.causation_id for m in messages],
-        [m.traceparent for m in messages],
+        [None if m is None else m.subject for m in messages],
+        [None if m is None else m.msg_id for m in messages],
+        [None if m is None else m.payload for m in messages],
+        [None if m is None else m.saga_id for m in messages],
+        [None if m is None else m.causation_id for m in messages],
+        [None if m is None else m.traceparent for m in messages],
     ]
 
 
@@ -139,6 +141,9 @@ def _headers(
 
 # Opens a transaction on a pooled connection: `OutboxRelay.transaction`, or `unstaged(pool)`.
 Transaction = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
+# A pooled connection with no transaction, for a caller whose every write is one statement:
+# `OutboxRelay.statements`, or `pool.acquire`.
+Statements = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
 
 
 def unstaged(pool: asyncpg.Pool) -> Transaction:
@@ -177,6 +182,20 @@ class OutboxRelay:
         finally:
             _stage.reset(token)
         self.committed(staged)
+
+    @asynccontextmanager
+    async def statements(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection with no transaction open: each statement commits on its own,
+        and the outbox rows it writes are published once the block ends, even if a later
+        statement failed."""
+        staged: list[Staged] = []
+        token = _stage.set(staged)
+        try:
+            async with self._pool.acquire() as conn:
+                yield conn
+        finally:
+            _stage.reset(token)
+            self.committed(staged)
 
     def committed(self, staged: Sequence[Staged]) -> None:
         """Hand over rows of a committed transaction, for publishing now."""

@@ -9,8 +9,10 @@ transaction open during a gateway call:
    one statement, compare-and-set, so that no intent is ever confirmed before our row
    names it;
 3. after the gateway calls (concurrent, bounded), write the changes (compare-and-set on the
-   version read) and claim the inbox keys in one statement, then enqueue the answers, in
-   one commit.
+   version read), claim the inbox keys and enqueue the answers in one statement: the
+   answers are made beforehand from the rows as the changes will leave them, and each is
+   written only if its change is applied (or, for a command that changes nothing, its key
+   had not been claimed before).
 A row that changed under a command sends that command to another round, decided afresh.
 Orders whose gateway call failed get nothing written; once the rest is committed, the batch
 is handed back (`TransientError`) and retried by the consumer loop.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -44,10 +47,11 @@ class PaymentHandler:
         pool: asyncpg.Pool,
         gateway: PaymentGateway,
         concurrency: int = 32,
-        transaction: outbox.Transaction | None = None,
+        statements: outbox.Statements | None = None,
     ) -> None:
         self._pool, self._gw = pool, gateway
-        self._transaction = transaction or outbox.unstaged(pool)
+        # Every write of the handler is one statement: no transaction is ever opened.
+        self._statements = statements or pool.acquire
         self._limit = asyncio.Semaphore(concurrency)
         self._busy = 0
         self._idle = asyncio.Event()
@@ -110,7 +114,7 @@ class PaymentHandler:
             # A re-answer has the first answer's Nats-Msg-Id (its subject and orderId), so
             # JetStream drops it inside its duplicate window and stores it after.
             if again:
-                async with self._transaction() as conn:
+                async with self._statements() as conn:
                     await outbox.enqueue(
                         conn, [outbox.outgoing(a, d.msg_id, d.traceparent) for d, a in again]
                     )
@@ -150,17 +154,16 @@ class PaymentHandler:
         )
 
     async def _commit(self, works: list[Work]) -> int:
-        """Write outcomes, claim the inbox and enqueue answers in one transaction; returns
-        how many commands turned out to be duplicates."""
+        """Write outcomes, claim the inbox and enqueue answers in one statement; returns how
+        many commands turned out to be duplicates."""
         if not works:
             return 0
-        async with self._transaction() as conn:
-            applied, claimed = await store.apply_and_claim(
-                conn, rounds.changes(works), CONSUMER, rounds.claims(works)
+        at = datetime.now(UTC)
+        async with self._statements() as conn:
+            applied, claimed = await store.settle(
+                conn, rounds.changes(works), at, CONSUMER, rounds.claims(works, at)
             )
-            changed, answering = rounds.written(works, applied)
-            out, duplicates = rounds.answers(answering, claimed)
-            await outbox.enqueue(conn, out)
+        changed, duplicates = rounds.written(works, applied, claimed, at)
         for w in changed:
             metrics.outcome(w.row.status)
             compensation = w.row.status in (rules.REFUNDED, rules.VOIDED)

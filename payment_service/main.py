@@ -35,7 +35,7 @@ async def wire(rt: runtime.Runtime) -> runtime.Parts:
     gateway = GuardedGateway(
         build_gateway(rt.settings), CircuitBreaker(BREAKER_THRESHOLD, BREAKER_COOLDOWN_S)
     )
-    handler = PaymentHandler(rt.pool, gateway, transaction=rt.relay.transaction)
+    handler = PaymentHandler(rt.pool, gateway, statements=rt.relay.statements)
     log.info("payment gateway", extra={"gateway": rt.settings.payment_gateway})
 
     async def close_gateway(stop: asyncio.Event) -> None:

@@ -1,6 +1,6 @@
 """Bookkeeping of a batch of payment commands, pure: which commands go in a round, which
-row changes to write, once written, which commands are answered and with what, and what a
-command applied before is answered again.
+row changes to write, what each command claims and is answered, decided before the one
+statement that writes them all, and what a command applied before is answered again.
 
 A `Work` carries one command through a round. A command whose row changed under it (its
 compare-and-set found another version) is marked `redo` and decided again next round.
@@ -9,14 +9,17 @@ compare-and-set found another version) is marked `redo` and decided again next r
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+import msgspec
 
 from jetsaga import outbox
 from jetsaga.consumer import Delivery
 from jetsaga.contracts import AnyMessage, ProcessPayment, RefundPayment
 from jetsaga.outbox import Outgoing
 from payment_service import rules
-from payment_service.flows import Work
-from payment_service.store import Change, Payment
+from payment_service.flows import Outcome, Work
+from payment_service.store import Change, Claim, Payment
 
 
 def command(delivery: Delivery) -> ProcessPayment | RefundPayment:
@@ -59,49 +62,66 @@ def changes(works: Sequence[Work]) -> list[Change]:
     return sorted(found, key=lambda c: c.order_id)
 
 
-def claims(works: Sequence[Work]) -> list[tuple[str, str | None]]:
-    """The inbox keys to claim with the changes: (key, order id) of a command with a change,
-    claimed only if its change is applied; (key, None) of one answered from its row as it
-    is. A command that failed or is decided again claims nothing."""
-    return [
-        (w.delivery.key, None if w.outcome is None else w.row.order_id)
-        for w in works
-        if not w.redo and w.error is None
-    ]
+def after(row: Payment, outcome: Outcome, at: datetime) -> Payment:
+    """The row as `store.settle` writes `outcome` to it at `at`."""
+
+    def kept(new: str | None, old: str | None) -> str | None:
+        return old if new is None else new
+
+    return msgspec.structs.replace(
+        row,
+        status=outcome.status,
+        payment_id=kept(outcome.payment_id, row.payment_id),
+        refund_id=kept(outcome.refund_id, row.refund_id),
+        failure_reason=kept(outcome.failure_reason, row.failure_reason),
+        version=row.version + 1,
+        updated_at=at,
+    )
 
 
-def written(works: Sequence[Work], applied: dict[str, Payment]) -> tuple[list[Work], list[Work]]:
-    """After the changes were written: (the commands whose change was applied, every command
-    that can be answered now). A change that was not applied marks its command `redo`."""
-    changed: list[Work] = []
-    answering: list[Work] = []
+def claims(works: Sequence[Work], at: datetime) -> list[Claim]:
+    """What settling the round claims and answers, decided before it is written. A command
+    with a change claims its key and is answered from its row as changed, if the change is
+    applied; one with no change is answered from its row as it is, if its key was not
+    claimed before. A command that failed or is decided again claims nothing."""
+    found = []
     for w in works:
         if w.redo or w.error is not None:
             continue
-        if w.outcome is not None:
-            row = applied.get(w.row.order_id)
-            if row is None:
-                w.redo = True
-                continue
-            w.row = row
-            changed.append(w)
-        answering.append(w)
-    return changed, answering
+        if w.outcome is None:
+            found.append(Claim(w.delivery.key, None, _answer(w, w.row)))
+        else:
+            row = after(w.row, w.outcome, at)
+            found.append(Claim(w.delivery.key, w.row.order_id, _answer(w, row)))
+    return found
 
 
-def answers(answering: Sequence[Work], claimed: set[str]) -> tuple[list[Outgoing], int]:
-    """The messages to enqueue, and how many commands were duplicates: a command that changed
-    nothing and whose inbox key another delivery claimed first."""
-    out: list[Outgoing] = []
+def _answer(w: Work, row: Payment) -> Outgoing | None:
+    answer = rules.reply(w.command, row)
+    if answer is None:
+        return None
+    return outbox.outgoing(answer, w.delivery.msg_id, w.delivery.traceparent)
+
+
+def written(
+    works: Sequence[Work], applied: set[str], claimed: set[str], at: datetime
+) -> tuple[list[Work], int]:
+    """Once the round is settled: the commands whose change was applied (their rows now as
+    written), and how many commands were duplicates: they changed nothing and their key
+    was claimed before. A change that was not applied marks its command `redo`."""
+    changed: list[Work] = []
     duplicates = 0
-    for w in answering:
-        if w.outcome is None and w.delivery.key not in claimed:
-            duplicates += 1
+    for w in works:
+        if w.redo or w.error is not None:
             continue
-        answer = rules.reply(w.command, w.row)
-        if answer is not None:
-            out.append(outbox.outgoing(answer, w.delivery.msg_id, w.delivery.traceparent))
-    return out, duplicates
+        if w.outcome is None:
+            duplicates += w.delivery.key not in claimed
+        elif w.row.order_id in applied:
+            w.row = after(w.row, w.outcome, at)
+            changed.append(w)
+        else:
+            w.redo = True
+    return changed, duplicates
 
 
 def reanswers(

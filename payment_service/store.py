@@ -14,6 +14,8 @@ from datetime import datetime
 import asyncpg
 import msgspec
 
+from jetsaga import outbox
+
 _COLUMNS = (
     "order_id, status, amount, currency, payment_method,"
     " stripe_payment_intent_id AS intent_id, payment_id, refund_id, failure_reason,"
@@ -158,50 +160,85 @@ async def record_intents(
     return _rows(rows)
 
 
-_APPLY_AND_CLAIM = f"""
+class Claim(msgspec.Struct, frozen=True):
+    """A command of the batch being settled: its inbox key, claimed only if `order_id`'s
+    change is applied (None: always), and its answer, if it has one, sent only if that
+    change is applied (None: if the key is claimed now, which it was not before)."""
+
+    key: str
+    order_id: str | None
+    answer: outbox.Outgoing | None
+
+
+_SETTLE = """
 WITH applied AS (
     UPDATE payments AS p SET status = c.status,
         payment_id = coalesce(c.payment_id, p.payment_id),
         refund_id = coalesce(c.refund_id, p.refund_id),
         failure_reason = coalesce(c.failure_reason, p.failure_reason),
-        version = p.version + 1, updated_at = now()
+        version = p.version + 1, updated_at = $7
     FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[])
         AS c (order_id, version, status, payment_id, refund_id, failure_reason)
-    WHERE p.order_id = c.order_id AND p.version = c.version RETURNING {_RETURNING}
+    WHERE p.order_id = c.order_id AND p.version = c.version RETURNING p.order_id
 ),
 claimed AS (
     INSERT INTO processed_messages (consumer, msg_key)
-    SELECT $7, k FROM unnest($8::text[], $9::text[]) AS t (k, o)
+    SELECT $8, k FROM unnest($9::text[], $10::text[]) AS t (k, o)
     WHERE o IS NULL OR o IN (SELECT order_id FROM applied)
     ON CONFLICT DO NOTHING RETURNING msg_key
+),
+sent AS (
+    INSERT INTO outbox (subject, msg_id, payload, saga_id, causation_id, traceparent)
+    SELECT s, m, b, g, c, tp FROM unnest($9::text[], $10::text[], $11::text[], $12::text[],
+        $13::bytea[], $14::text[], $15::text[], $16::text[]) AS a (k, o, s, m, b, g, c, tp)
+    WHERE s IS NOT NULL AND CASE WHEN o IS NULL THEN k IN (SELECT msg_key FROM claimed)
+                                 ELSE o IN (SELECT order_id FROM applied) END
+    RETURNING id
 )
-SELECT 'row' AS kind, * FROM applied
-UNION ALL {_KEY_ROW.format(key="msg_key")} FROM claimed
+SELECT 'applied' AS kind, order_id AS value FROM applied
+UNION ALL SELECT 'claimed', msg_key FROM claimed
+UNION ALL SELECT 'sent', id::text FROM sent
 """
 
 
-async def apply_and_claim(
+async def settle(
     conn: asyncpg.Connection,
     changes: Sequence[Change],
+    at: datetime,
     consumer: str,
-    claims: Sequence[tuple[str, str | None]],
-) -> tuple[dict[str, Payment], set[str]]:
-    """In one statement: apply the changes whose row is still at the version read, and claim
-    the inbox keys of (key, order id) claims, where a key with an order id is claimed only
-    if that order's change was applied (None: always). Returns the new rows and the keys
-    claimed now."""
+    claims: Sequence[Claim],
+) -> tuple[set[str], set[str]]:
+    """In one statement, so in one implicit transaction: apply the changes whose row is
+    still at the version read (`updated_at` = `at`), claim the inbox keys and write the
+    answers, each on its `Claim`'s condition. Returns the orders whose change was applied
+    and the keys claimed now.
+
+    The rows' `updated_at` is the caller's clock, not the database's: the answers (a
+    failure's timestamp among them) are made from the rows before they are written.
+    """
     if not changes and not claims:
-        return {}, set()
+        return set(), set()
     records = await conn.fetch(
-        _APPLY_AND_CLAIM,
+        _SETTLE,
         [c.order_id for c in changes],
         [c.version for c in changes],
         [c.status for c in changes],
         [c.payment_id for c in changes],
         [c.refund_id for c in changes],
         [c.failure_reason for c in changes],
+        at,
         consumer,
-        [key for key, _ in claims],
-        [order_id for _, order_id in claims],
+        [c.key for c in claims],
+        [c.order_id for c in claims],
+        *outbox.insert_args([c.answer for c in claims]),
     )
-    return _rows_and_keys(records)
+    applied = {value for kind, value in records if kind == "applied"}
+    claimed = {value for kind, value in records if kind == "claimed"}
+    sent = [
+        c.answer
+        for c in claims
+        if c.answer is not None
+        and (c.key in claimed if c.order_id is None else c.order_id in applied)
+    ]
+    outbox.stage([int(value) for kind, value in records if kind == "sent"], sent)
+    return applied, claimed

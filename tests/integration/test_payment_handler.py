@@ -109,7 +109,11 @@ async def test_declined_card_fails_with_card_declined(
     assert (row.status, row.failure_reason) == ("failed", "card_declined")
     [answer] = await answers(pool, order)
     assert isinstance(answer, PaymentFailed) and answer.reason == "card_declined"
+    assert answer.timestamp == row.updated_at.isoformat()  # the answer is made from the row
     assert gateway.charged(order) == 0 and counted("failed") == before + 1
+    await forget_inbox(pool, order)
+    assert await handler([process(order, "pm_card_chargeCustomerFail")]) == 0
+    assert await answers(pool, order) == [answer, answer]  # answered again, the same
 
 
 async def test_an_invalid_payment_method_fails_with_the_gateway_code(

@@ -1,16 +1,24 @@
 """Which duplicate payment commands are answered again, and with what (`rounds.reanswers`),
-and which inbox keys a round claims with its changes (`rounds.claims`)."""
+and what a round writes: rows as changed, inbox claims and answers, each on its condition."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from jetsaga import contracts
+import msgspec
+
+from jetsaga import contracts, outbox
 from jetsaga.consumer import Delivery
-from jetsaga.contracts import AnyMessage, PaymentRefunded, ProcessPayment, RefundPayment
+from jetsaga.contracts import (
+    AnyMessage,
+    PaymentFailed,
+    PaymentRefunded,
+    ProcessPayment,
+    RefundPayment,
+)
 from payment_service import rounds, rules
 from payment_service.flows import Outcome, Work
-from payment_service.store import Payment
+from payment_service.store import Claim, Payment
 
 AT = datetime(2025, 1, 2, tzinfo=UTC)
 
@@ -49,15 +57,61 @@ def test_no_duplicates_no_answers() -> None:
     assert rounds.reanswers([], {}) == []
 
 
-def test_a_change_claims_its_key_only_if_applied_an_answer_from_the_row_always() -> None:
-    refund = delivery(RefundPayment(order_id="o-1", reason="timeout"))
-    settled = Work(refund, row("o-1", "processing", "pi_1"), outcome=Outcome(status="voided"))
-    as_is = Work(delivery(RefundPayment(order_id="o-2", reason="timeout")), row("o-2", "voided"))
-    redo = Work(delivery(RefundPayment(order_id="o-3", reason="timeout")),
-                row("o-3", "processing"), redo=True)  # fmt: skip
-    failed = Work(delivery(RefundPayment(order_id="o-4", reason="timeout")),
-                  row("o-4", "processing"), error=RuntimeError("gateway"))  # fmt: skip
-    assert rounds.claims([settled, as_is, redo, failed]) == [
-        (settled.delivery.key, "o-1"),
-        (as_is.delivery.key, None),
-    ]
+def process_(order_id: str) -> Delivery:
+    return delivery(ProcessPayment(order_id=order_id, customer_id="c", amount=100,
+                                   currency="usd", payment_method="pm_card_visa"))  # fmt: skip
+
+
+def refund_(order_id: str) -> Delivery:
+    return delivery(RefundPayment(order_id=order_id, reason="timeout"))
+
+
+LATER = datetime(2025, 1, 3, tzinfo=UTC)
+
+
+def test_the_row_after_a_change_keeps_what_the_change_leaves_out() -> None:
+    before = row("o-1", "succeeded", "pi_1")
+    refunded = rounds.after(before, Outcome(status="refunded", refund_id="re_1"), LATER)
+    assert refunded == msgspec.structs.replace(
+        before, status="refunded", refund_id="re_1", version=3, updated_at=LATER
+    )
+    declined = Outcome(status="failed", failure_reason="card_declined")
+    failed = rounds.after(row("o-2", "processing"), declined, LATER)
+    assert (failed.status, failed.failure_reason, failed.payment_id) == (
+        "failed", "card_declined", None,
+    )  # fmt: skip
+
+
+def test_a_change_claims_and_answers_if_applied_a_command_as_is_if_its_key_is_new() -> None:
+    declined = Work(process_("o-1"), row("o-1", "processing", "pi_1"),
+                    outcome=Outcome(status="failed", failure_reason="card_declined"))  # fmt: skip
+    as_is = Work(refund_("o-2"), row("o-2", "voided"))
+    undecided = Work(refund_("o-3"), row("o-3", "processing"))
+    redo = Work(refund_("o-4"), row("o-4", "processing"), redo=True)
+    failed = Work(refund_("o-5"), row("o-5", "processing"), error=RuntimeError("gateway"))
+    found = rounds.claims([declined, as_is, undecided, redo, failed], LATER)
+    answer = rules.reply(declined.command, rounds.after(declined.row, declined.outcome, LATER))
+    assert isinstance(answer, PaymentFailed) and answer.timestamp == LATER.isoformat()
+    assert found == [
+        Claim(declined.delivery.key, "o-1",
+              outbox.outgoing(answer, declined.delivery.msg_id, declined.delivery.traceparent)),
+        Claim(as_is.delivery.key, None, outbox.outgoing(PaymentRefunded(order_id="o-2"),
+                                                        as_is.delivery.msg_id, None)),
+        Claim(undecided.delivery.key, None, None),
+    ]  # fmt: skip
+
+
+def test_once_written_an_applied_change_updates_its_row_and_one_not_applied_is_redone() -> None:
+    applied = Work(refund_("o-1"), row("o-1", "succeeded", "pi_1"),
+                   outcome=Outcome(status="refunded", refund_id="re_1"))  # fmt: skip
+    raced = Work(refund_("o-2"), row("o-2", "succeeded", "pi_2"),
+                 outcome=Outcome(status="refunded", refund_id="re_2"))  # fmt: skip
+    new_key = Work(refund_("o-3"), row("o-3", "voided"))
+    seen_key = Work(refund_("o-4"), row("o-4", "voided"))
+    changed, duplicates = rounds.written(
+        [applied, raced, new_key, seen_key], {"o-1"}, {new_key.delivery.key}, LATER
+    )
+    assert changed == [applied] and applied.row.status == "refunded"
+    assert applied.row.version == 3 and applied.row.updated_at == LATER
+    assert raced.redo and raced.row.status == "succeeded"
+    assert duplicates == 1
