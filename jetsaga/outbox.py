@@ -77,14 +77,17 @@ _stage: contextvars.ContextVar[list[Staged] | None] = contextvars.ContextVar(
 )
 
 
-def insert_statement(first: int) -> str:
+def insert_statement(first: int, where: str = "") -> str:
     """`INSERT … RETURNING id` of messages passed as the six arrays of `insert_args`, from
-    parameter `$first` on: to write the outbox in a statement that does more."""
+    parameter `$first` on: to write the outbox in a statement that does more. `where`, if
+    given, keeps only some of them (the columns are named as in the table, of alias `m`)."""
     p = [f"${first + i}" for i in range(6)]
     return (
         "INSERT INTO outbox (subject, msg_id, payload, saga_id, causation_id, traceparent)"
         f" SELECT * FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::bytea[],"
-        f" {p[3]}::text[], {p[4]}::text[], {p[5]}::text[]) RETURNING id"
+        f" {p[3]}::text[], {p[4]}::text[], {p[5]}::text[])"
+        " AS m (subject, msg_id, payload, saga_id, causation_id, traceparent)"
+        f"{f' WHERE {where}' if where else ''} RETURNING id"
     )
 
 

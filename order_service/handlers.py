@@ -1,9 +1,12 @@
 """The saga execution coordinator: applies events and timeouts to sagas.
 
-A batch is one transaction: claim the inbox keys, lock the sagas (in id order), run the pure
-`transition` for each event, then save states, history and outgoing messages together. The
-timeout sweep does the same for sagas whose deadline passed; `SKIP LOCKED` lets every
-replica sweep without two of them firing one timeout.
+A batch takes two statements and holds no lock between them: read its sagas and which of
+its messages were applied before, run the pure `transition` for each new event, then write
+states, history, outgoing messages and inbox claims in one statement, each saga only if it
+has not changed since it was read. An event whose saga changed meanwhile (the other
+consumer, another replica, the sweep) is decided again from the saga's new state. The
+timeout sweep locks sagas whose deadline passed, with `SKIP LOCKED`, so that every replica
+sweeps without two of them firing one timeout, and saves them the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import asyncpg
 
 from jetsaga import inbox, outbox
 from jetsaga.config import Settings
-from jetsaga.consumer import Delivery, Handler, PermanentError
+from jetsaga.consumer import Delivery, Handler, PermanentError, TransientError
 from jetsaga.outbox import OutboxRelay, Outgoing
 from jetsaga.waits import pause
 from order_service import metrics, store
@@ -26,17 +29,18 @@ from order_service.saga import Context, Decision, Event, SagaStatus, Timeout, tr
 log = logging.getLogger(__name__)
 
 SWEEP_BATCH = 200
+MAX_ROUNDS = 4  # a batch whose sagas keep changing under it is handed back to the loop
 _OUTCOMES = {
     SagaStatus.COMPLETED: "completed",
     SagaStatus.COMPENSATED: "compensated",
     SagaStatus.FAILED: "failed",
 }
 
-Change = tuple[store.LockedSaga, Decision]
+Change = tuple[store.StoredSaga, Decision]
 
 
 def decide(
-    locked: dict[str, store.LockedSaga],
+    sagas: dict[str, store.StoredSaga],
     events: Iterable[tuple[Event, str, str | None]],
     ctx: Context,
 ) -> tuple[list[Change], list[Outgoing]]:
@@ -44,7 +48,7 @@ def decide(
     merged: dict[str, Change] = {}
     out: list[Outgoing] = []
     for event, causation, traceparent in events:
-        before = locked.get(event.order_id)
+        before = sagas.get(event.order_id)
         if before is None:
             raise PermanentError(f"no saga for order {event.order_id}")
         base, so_far = merged.get(event.order_id, (before, Decision(before.saga)))
@@ -96,19 +100,40 @@ class Coordinator:
 
     def handler(self, durable: str) -> Handler:
         async def handle(batch: Sequence[Delivery]) -> int:
-            now = time.time()
-            async with self._relay.transaction() as conn:
-                claimed, locked = await store.claim_and_lock(
-                    conn, durable, [d.key for d in batch], [d.message.order_id for d in batch]
-                )
-                fresh = inbox.first_fresh(batch, claimed)
-                events = ((d.message, d.msg_id, d.traceparent) for d in fresh)
-                changes, out = decide(locked, events, self._ctx(now))
-                await store.save(conn, changes, now, out)
-            observe(changes, now)
-            return len(batch) - len(fresh)
+            pending, duplicates = list(batch), 0
+            for _ in range(MAX_ROUNDS):
+                applied, redo = await self._round(durable, pending)
+                duplicates += len(pending) - applied - len(redo)
+                if not redo:
+                    return duplicates
+                pending = redo
+            raise TransientError("sagas kept changing under this batch")
 
         return handle
+
+    async def _round(self, durable: str, batch: Sequence[Delivery]) -> tuple[int, list[Delivery]]:
+        """Apply a batch, or what of it can be, with no lock held: read the sagas and the
+        inbox, decide, and write each saga only if it did not change meanwhile. Returns how
+        many messages were applied (their key claimed now, or their saga written), and the
+        messages whose saga changed under them, to decide again from its new state."""
+        now = time.time()
+        async with self._relay.statements() as conn:
+            seen, sagas = await store.read(
+                conn, durable, [d.key for d in batch], [d.message.order_id for d in batch]
+            )
+            fresh = inbox.first_fresh(batch, {d.key for d in batch} - seen)
+            events = ((d.message, d.msg_id, d.traceparent) for d in fresh)
+            changes, out = decide(sagas, events, self._ctx(now))
+            changing = {stored.saga.order_id for stored, _ in changes}
+            claims = [
+                (d.key, d.message.order_id if d.message.order_id in changing else None)
+                for d in fresh
+            ]
+            written, claimed = await store.save(conn, changes, now, out, durable, claims)
+        observe([change for change in changes if change[0].saga.order_id in written], now)
+        redo = [d for d in fresh if d.message.order_id in changing - written]
+        applied = sum(d.key in claimed or d.message.order_id in written for d in fresh)
+        return applied, redo
 
     async def sweep_once(self) -> int:
         """Fire the timeouts that are due; returns how many sagas were examined."""
@@ -117,7 +142,7 @@ class Coordinator:
             locked = await store.lock_due_sagas(conn, now, SWEEP_BATCH)
             events = ((Timeout(order_id), f"timeout:{order_id}", None) for order_id in locked)
             changes, out = decide(locked, events, self._ctx(now))
-            await store.save(conn, changes, now, out)
+            await store.save(conn, changes, now, out)  # locked: every one is written
         if out:
             log.info("timeouts fired", extra={"count": len(changes)})
         observe(changes, now)

@@ -1,8 +1,10 @@
 """All SQL of the order service: orders, sagas, their history and status counts.
 
-Functions take a connection (the caller owns the transaction), use `$n` parameters and array
-parameters for batches, and return Structs. Saga rows are locked in order-id order, so
-handlers on several consumers and replicas never deadlock each other.
+Functions take a connection (the caller owns the transaction, if any), use `$n` parameters
+and array parameters for batches, and return Structs. The consumers' handlers lock nothing
+ahead: they read sagas, and `save` writes each only if it has not changed since (its
+`steps`). Sagas are written in order-id order, and the timeout sweep skips sagas locked by
+others, so that concurrent statements never deadlock each other.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncpg
 import msgspec
 
 from jetsaga import contracts as c
-from jetsaga import inbox, outbox
+from jetsaga import outbox
 from jetsaga.outbox import Outgoing
 from order_service.saga import ORDER_STATUS, TERMINAL, Decision, Saga
 
@@ -29,9 +31,11 @@ def ts(epoch: float | None) -> datetime.datetime | None:
     return None if epoch is None else datetime.datetime.fromtimestamp(epoch, datetime.UTC)
 
 
-class LockedSaga(msgspec.Struct, frozen=True):
+class StoredSaga(msgspec.Struct, frozen=True):
     saga: Saga
-    steps: int  # history records so far
+    # History records so far. Every change of a saga adds at least one, so this is also the
+    # version `save` compares before it writes.
+    steps: int
 
 
 class NewOrder(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,38 +124,37 @@ async def find_existing(
     return None if row is None else ExistingOrder(*row.values())
 
 
-_CLAIM_AND_LOCK = f"""
-WITH claimed AS ({inbox.CLAIM}),
-locked AS (
-    SELECT order_id, state, steps FROM sagas WHERE order_id = ANY($3::text[])
-    ORDER BY order_id FOR UPDATE
-)
-SELECT msg_key, NULL AS order_id, NULL::bytea AS state, NULL::int AS steps FROM claimed
+_READ = """
+SELECT msg_key, NULL AS order_id, NULL::bytea AS state, NULL::int AS steps
+    FROM processed_messages WHERE consumer = $1 AND msg_key = ANY($2::text[])
 UNION ALL
-SELECT NULL, order_id, state, steps FROM locked
+SELECT NULL, order_id, state, steps FROM sagas WHERE order_id = ANY($3::text[])
 """
 
 
-async def claim_and_lock(
+async def read(
     conn: asyncpg.Connection, consumer: str, keys: Sequence[str], order_ids: Sequence[str]
-) -> tuple[set[str], dict[str, LockedSaga]]:
-    """Claim inbox keys and lock sagas in one round trip: the keys not claimed before, and
-    the sagas (in order-id order, so concurrent batches never deadlock)."""
-    rows = await conn.fetch(_CLAIM_AND_LOCK, consumer, list(keys), sorted(set(order_ids)))
-    fresh = {r[0] for r in rows if r[0] is not None}
-    locked = {r[1]: LockedSaga(_saga_decoder.decode(r[2]), r[3]) for r in rows if r[1] is not None}
-    return fresh, locked
+) -> tuple[set[str], dict[str, StoredSaga]]:
+    """In one statement, no lock taken: which of the inbox keys the consumer applied
+    before, and the sagas as they are (`save` writes a saga only if it is still so)."""
+    rows = await conn.fetch(_READ, consumer, list(keys), list(set(order_ids)))
+    seen = {r[0] for r in rows if r[0] is not None}
+    sagas = {r[1]: StoredSaga(_saga_decoder.decode(r[2]), r[3]) for r in rows if r[1] is not None}
+    return seen, sagas
 
 
-async def lock_due_sagas(conn: asyncpg.Connection, now: float, limit: int) -> dict[str, LockedSaga]:
+async def lock_due_sagas(conn: asyncpg.Connection, now: float, limit: int) -> dict[str, StoredSaga]:
     rows = await conn.fetch(
         "SELECT order_id, state, steps FROM sagas WHERE deadline <= $1"
         " ORDER BY deadline LIMIT $2 FOR UPDATE SKIP LOCKED",
         ts(now), limit,
     )  # fmt: skip
-    return {r["order_id"]: LockedSaga(_saga_decoder.decode(r["state"]), r["steps"]) for r in rows}
+    return {r["order_id"]: StoredSaga(_saga_decoder.decode(r["state"]), r["steps"]) for r in rows}
 
 
+# Each saga is written only if it still has the steps it was read with ($23); its history,
+# the end of its order and its messages only if it was. An inbox key ($25) is claimed if
+# the saga its message changed ($26) was written, or if its message changed nothing (NULL).
 _SAVE = f"""
 WITH s AS (
     UPDATE sagas SET status = u.status, state = u.state, deadline = u.deadline, steps = u.steps,
@@ -159,19 +162,23 @@ WITH s AS (
         compensating_at = CASE WHEN u.status = 'COMPENSATING' AND sagas.compensating_at IS NULL
                                THEN $7 ELSE sagas.compensating_at END,
         updated_at = $7
-    FROM unnest($1::text[], $2::text[], $3::bytea[], $4::timestamptz[], $5::int[], $6::bool[])
-         AS u(order_id, status, state, deadline, steps, terminal)
-    WHERE sagas.order_id = u.order_id
+    FROM unnest($1::text[], $2::text[], $3::bytea[], $4::timestamptz[], $5::int[], $6::bool[],
+                $23::int[])
+         AS u(order_id, status, state, deadline, steps, terminal, was)
+    WHERE sagas.order_id = u.order_id AND sagas.steps = u.was
+    RETURNING sagas.order_id
 ), h AS (
     INSERT INTO saga_history (order_id, seq, at, saga_status, event, detail)
     SELECT * FROM unnest($8::text[], $9::int[], $10::timestamptz[], $11::text[], $12::text[],
-                         $13::text[])
+                         $13::text[]) AS x (order_id, seq, at, saga_status, event, detail)
+    WHERE x.order_id IN (SELECT order_id FROM s)
 ), e AS (
     UPDATE orders SET status = x.status, updated_at = $7
     FROM unnest($14::text[], $15::text[]) AS x(order_id, status)
     -- The guard in a form the planner cannot search by: as an index condition, the
     -- generic plan read every PENDING order through orders_status_newest.
     WHERE orders.order_id = x.order_id AND (orders.status = 'PENDING') IS TRUE
+        AND x.order_id IN (SELECT order_id FROM s)
     RETURNING orders.status
 ), d AS (
     SELECT status, count(*) AS k FROM e GROUP BY status
@@ -179,51 +186,79 @@ WITH s AS (
 ), n AS (
     INSERT INTO order_status_counts (status, slot, n) SELECT status, $16, k FROM d WHERE k <> 0
     ON CONFLICT (status, slot) DO UPDATE SET n = order_status_counts.n + excluded.n
-), o AS ({outbox.insert_statement(17)})
-SELECT coalesce(array_agg(id), '{{}}') FROM o
+), claimed AS (
+    INSERT INTO processed_messages (consumer, msg_key)
+    SELECT $24, k FROM unnest($25::text[], $26::text[]) AS t (k, o)
+    WHERE o IS NULL OR o IN (SELECT order_id FROM s)
+    ON CONFLICT DO NOTHING RETURNING msg_key
+), o AS ({outbox.insert_statement(17, "m.saga_id IN (SELECT order_id FROM s)")})
+SELECT 'written' AS kind, order_id AS value FROM s
+UNION ALL SELECT 'claimed', msg_key FROM claimed
+UNION ALL SELECT 'sent', id::text FROM o
 """
 
 
 async def save(
     conn: asyncpg.Connection,
-    changes: Sequence[tuple[LockedSaga, Decision]],
+    changes: Sequence[tuple[StoredSaga, Decision]],
     now: float,
     out: Sequence[Outgoing] = (),
-) -> None:
-    """Write the new states, their history records, the ends of orders and the outgoing
-    messages, in one statement."""
-    if not changes and not out:
-        return
+    consumer: str = "",
+    claims: Sequence[tuple[str, str | None]] = (),
+) -> tuple[set[str], set[str]]:
+    """Write the new states, their history records, the ends of orders, the outgoing
+    messages and the inbox claims, in one statement (so in one transaction of its own if
+    the caller has none open).
+
+    A saga is written only if it still has the steps it was read with, and with it its
+    history, its order's end and the messages it emits (those whose saga id is its order
+    id). A claim (key, order id) is claimed only if that saga was written; (key, None),
+    of a message that changed nothing, in any case. Returns the order ids of the sagas
+    written and the keys claimed now.
+    """
+    if not changes and not out and not claims:
+        return set(), set()
     at = ts(now)
-    ids, statuses, states, deadlines, steps, terminal = [], [], [], [], [], []
+    ids, statuses, states, deadlines, steps, terminal, was = [], [], [], [], [], [], []
     h_ids, h_seq, h_at, h_status, h_event, h_detail = [], [], [], [], [], []
     ended_ids, ended_status = [], []
-    for locked, decision in changes:
+    # In order id order: concurrent statements take the row locks of their sagas in one order.
+    for stored, decision in sorted(changes, key=lambda change: change[1].saga.order_id):
         saga = decision.saga
         ids.append(saga.order_id)
         statuses.append(saga.status.value)
         states.append(_saga_encoder.encode(saga))
         deadlines.append(ts(saga.deadline))
-        steps.append(locked.steps + len(decision.history))
+        steps.append(stored.steps + len(decision.history))
         terminal.append(saga.status in TERMINAL)
-        for i, step in enumerate(decision.history, start=locked.steps + 1):
+        was.append(stored.steps)
+        for i, step in enumerate(decision.history, start=stored.steps + 1):
             h_ids.append(saga.order_id)
             h_seq.append(i)
             h_at.append(ts(step.at))
             h_status.append(step.saga_status.value)
             h_event.append(step.event)
             h_detail.append(step.detail)
-        if saga.status in TERMINAL and locked.saga.status not in TERMINAL:
+        if saga.status in TERMINAL and stored.saga.status not in TERMINAL:
             ended_ids.append(saga.order_id)
             ended_status.append(ORDER_STATUS[saga.status])
-    outbox_ids = await conn.fetchval(
+    rows = await conn.fetch(
         _SAVE,
         *(ids, statuses, states, deadlines, steps, terminal, at),
         *(h_ids, h_seq, h_at, h_status, h_event, h_detail),
         *(ended_ids, ended_status, random.randrange(COUNT_SLOTS)),
         *outbox.insert_args(out),
+        was,
+        consumer,
+        [key for key, _ in claims],
+        [order_id for _, order_id in claims],
     )
-    outbox.stage(outbox_ids, out)
+    written = {value for kind, value in rows if kind == "written"}
+    outbox.stage(
+        [int(value) for kind, value in rows if kind == "sent"],
+        [m for m in out if m.saga_id in written],
+    )
+    return written, {value for kind, value in rows if kind == "claimed"}
 
 
 # --- reads for the HTTP API ----------------------------------------------------------

@@ -9,15 +9,21 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from nats.aio.client import Client as NATS
 
 from jetsaga import contracts, db
-from jetsaga.outbox import outgoing
+from jetsaga.config import Settings
+from jetsaga.consumer import Delivery
+from jetsaga.outbox import OutboxRelay, outgoing
 from order_service import handlers, main, store
 from order_service.intake import IntakeWriter
 from order_service.saga import Context, SagaStatus, Timeout, start
+from tests.support.bus import bus
 from tests.support.databases import fresh_pool
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
+__all__ = ["bus"]  # the shared fixture, imported above
 
 
 @pytest.fixture
@@ -97,12 +103,17 @@ async def test_saved_transitions_append_history_and_end_the_order(pool: asyncpg.
     released = contracts.InventoryReleased(order_id=order_id, reservation_id="r-1", reason="x")
     ctx = Context(now=time.time(), payment_timeout_s=60)
     for event in (reserved, failed, released):
-        async with pool.acquire() as conn, conn.transaction():
+        async with pool.acquire() as conn:
             key = contracts.message_id(contracts.subject_of(event), order_id)
-            claimed, locked = await store.claim_and_lock(conn, "test", [key, key], [order_id])
-            assert claimed == {key}
-            changes, out = handlers.decide(locked, [(event, "m", None)], ctx)
-            await store.save(conn, changes, ctx.now, out)
+            seen, sagas = await store.read(conn, "test", [key, key], [order_id, order_id])
+            assert seen == set() and list(sagas) == [order_id]
+            changes, out = handlers.decide(sagas, [(event, "m", None)], ctx)
+            claims = [(key, order_id)]
+            assert await store.save(conn, changes, ctx.now, out, "test", claims) == (
+                {order_id}, {key},
+            )  # fmt: skip
+            seen, _ = await store.read(conn, "test", [key], [order_id])
+            assert seen == {key}
     async with pool.acquire() as conn:
         view = await store.get_order(conn, order_id)
         stats = await store.saga_stats(conn, 300)
@@ -141,3 +152,44 @@ async def test_due_sagas_are_swept_once_even_by_two_sweepers(pool: asyncpg.Pool)
         statuses = {r["status"] for r in await conn.fetch("SELECT status FROM sagas")}
         due = await store.lock_due_sagas(conn, time.time() + 301, 100)
     assert statuses == {SagaStatus.COMPENSATING.value} and due == {}
+
+
+async def test_an_event_whose_saga_changed_under_it_is_decided_again_from_the_new_state(
+    pool: asyncpg.Pool, bus: NATS
+) -> None:
+    order = new_order()
+    order_id = order.order.order_id
+    async with pool.acquire() as conn:
+        await store.create_orders(conn, [order])
+    coordinator = handlers.Coordinator(pool, Settings(), OutboxRelay(pool, bus.jetstream()))
+    handle = coordinator.handler("order-service-inventory")
+    reserved = contracts.InventoryReserved(order_id=order_id, reservation_id="r-1",
+                                           items=order.order.items, expires_at="x")  # fmt: skip
+    subject = contracts.subject_of(reserved)
+    event = Delivery(subject, reserved, contracts.message_id(subject, order_id), 1)
+    later = time.time() + 301  # past the saga's deadline
+    async with pool.acquire() as sweeper:
+        timeout = sweeper.transaction()
+        await timeout.start()  # the timeout of the saga, written and not committed yet
+        _, sagas = await store.read(sweeper, "", [], [order_id])
+        changes, out = handlers.decide(sagas, [(Timeout(order_id), "t", None)], Context(later, 60))
+        assert await store.save(sweeper, changes, later, out) == ({order_id}, set())
+        handling = asyncio.create_task(handle([event]))  # read the saga STARTED
+        await wait_until(
+            lambda: pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ),
+            message="the handler's write waits for the timeout's",
+        )
+        await timeout.commit()
+    assert await handling == 0
+    async with pool.acquire() as conn:
+        view = await store.get_order(conn, order_id)
+        subjects = [r["subject"] for r in await conn.fetch("SELECT subject FROM outbox")]
+        seen, _ = await store.read(conn, "order-service-inventory", [event.key], [])
+    assert view is not None and view.saga_status == "COMPENSATING"
+    assert view.reservation_id == "r-1"  # noted on the saga as it is now, not paid for
+    assert [h.detail for h in view.history][-1] == "reserved after compensation began"
+    assert contracts.PAYMENTS_PROCESS_REQUEST not in subjects
+    assert seen == {event.key}

@@ -8,12 +8,12 @@ import pytest
 
 from order_service.handlers import observe
 from order_service.saga import Decision
-from order_service.store import LockedSaga
+from order_service.store import StoredSaga
 from tests.unit.saga_builders import STATES, T0
 
 
-def ended(before: str, after: str) -> tuple[LockedSaga, Decision]:
-    return LockedSaga(STATES[before], 3), Decision(STATES[after])
+def ended(before: str, after: str) -> tuple[StoredSaga, Decision]:
+    return StoredSaga(STATES[before], 3), Decision(STATES[after])
 
 
 def test_a_completed_saga_logs_at_debug_and_an_unhappy_end_at_info(
