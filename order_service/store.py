@@ -33,8 +33,9 @@ def ts(epoch: float | None) -> datetime.datetime | None:
 
 class StoredSaga(msgspec.Struct, frozen=True):
     saga: Saga
-    # History records so far. Every change of a saga adds at least one, so this is also the
-    # version `save` compares before it writes.
+    # History records so far. Every change of a saga adds at least one (the saga's unit
+    # tests check it for every status and event), so this is also the version `save`
+    # compares before it writes.
     steps: int
 
 
