@@ -193,3 +193,33 @@ async def test_an_event_whose_saga_changed_under_it_is_decided_again_from_the_ne
     assert [h.detail for h in view.history][-1] == "reserved after compensation began"
     assert contracts.PAYMENTS_PROCESS_REQUEST not in subjects
     assert seen == {event.key}
+
+
+async def test_replicas_handling_the_same_events_at_once_apply_each_once(
+    pool: asyncpg.Pool, bus: NATS
+) -> None:
+    group = [new_order() for _ in range(30)]
+    async with pool.acquire() as conn:
+        await store.create_orders(conn, group)
+    relay = OutboxRelay(pool, bus.jetstream())
+    replicas = [handlers.Coordinator(pool, Settings(), relay).handler("order-service-inventory")
+                for _ in range(2)]  # fmt: skip
+    events = []
+    for order in group:
+        reserved = contracts.InventoryReserved(order_id=order.order.order_id, reservation_id="r",
+                                               items=order.order.items, expires_at="x")  # fmt: skip
+        subject = contracts.subject_of(reserved)
+        events.append(
+            Delivery(subject, reserved, contracts.message_id(subject, reserved.order_id), 1)
+        )
+    # The same batch to both, and again in reverse order: every event is applied by one.
+    duplicates = await asyncio.gather(replicas[0](events), replicas[1](events[::-1]))
+    assert sum(duplicates) == len(events)
+    async with pool.acquire() as conn:
+        sagas = await conn.fetch("SELECT status, steps FROM sagas")
+        history = await conn.fetchval("SELECT count(*) FROM saga_history")
+        requests = await conn.fetchval(
+            "SELECT count(*) FROM outbox WHERE subject = $1", contracts.PAYMENTS_PROCESS_REQUEST
+        )
+    assert {(r["status"], r["steps"]) for r in sagas} == {("PAYMENT_PROCESSING", 3)}
+    assert history == 3 * len(group) and requests == len(group)
