@@ -1,9 +1,14 @@
 """The inventory service's three consumers (SPEC §3, §4.3).
 
-Each applies its whole batch in one transaction: claim the batch in the inbox, lock the rows
-it changes, let `rules` decide in the batch's order, write the plan back in one statement,
-and enqueue the events it emits. A message applied before changes nothing, but is answered
-again from its row (`reanswers`), as its first answer may have been lost.
+Release and confirm apply their whole batch in one transaction: claim the batch in the
+inbox, lock the rows it changes, let `rules` decide in the batch's order, and write the plan
+back with the events it emits. A batch of new orders takes no lock and no transaction: it
+reads the inbox, the stock and the orders' reservation rows in one statement, lets `rules`
+decide, and writes stock changes (relative to what the rows hold), reservations, inbox
+claims and events in another; if stock fell meanwhile below what the batch reserved, the
+database refuses the write and the batch is decided again. A message applied before
+changes nothing, but is answered again from its row (`reanswers`), as its first answer may
+have been lost.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ log = logging.getLogger(__name__)
 RESERVE = "inventory-service"
 CONFIRM = "inventory-service-confirm"
 RELEASE = "inventory-service-release"
+MAX_ROUNDS = 4  # a batch of new orders whose stock keeps falling goes back to the loop
 
 M = TypeVar("M", OrderCreated, ReleaseInventory, OrderConfirmed)
 
@@ -104,41 +110,45 @@ class Handlers:
         reservation_ttl_s: float,
         clock: Callable[[], datetime] = utcnow,
         transaction: outbox.Transaction | None = None,
+        statements: outbox.Statements | None = None,
     ) -> None:
         self._transaction = transaction or outbox.unstaged(pool)
+        self._statements = statements or pool.acquire  # a batch of new orders: no transaction
         self._ttl = timedelta(seconds=reservation_ttl_s)
         self._clock = clock
 
     async def reserve(self, batch: Sequence[Delivery]) -> int:
         """orders.created: reserve every item of each order, or none of them."""
         expires_at = self._clock() + self._ttl
-        async with self._transaction() as conn:
-            everything = _typed(batch, OrderCreated)
-            claimed, locked = await store.claim_and_lock_for_reserve(
-                conn,
-                RESERVE,
-                [d.key for d in batch],
-                [item.product_id for order in everything for item in order.items],
-                [order.order_id for order in everything],
-            )
-            fresh = inbox.first_fresh(batch, claimed)
-            again = applied_before(batch, fresh)
-            await answer_again(conn, RESERVE, again, OrderCreated, reanswers.reserve)
-            if not fresh:
-                return len(batch)
-            orders = _typed(fresh, OrderCreated)
-            plan = rules.plan_reserve(orders, locked.available, locked.orders_with_rows, expires_at)
-            out = emitted(fresh, plan, durable=RESERVE)
-            if plan.opened:
+        everything = _typed(batch, OrderCreated)
+        products = [item.product_id for order in everything for item in order.items]
+        for _ in range(MAX_ROUNDS):
+            async with self._statements() as conn:
+                seen, stock = await store.read_for_reserve(
+                    conn, RESERVE, [d.key for d in batch], products,
+                    [order.order_id for order in everything],
+                )  # fmt: skip
+                fresh = inbox.first_fresh(batch, {d.key for d in batch} - seen)
+                again = applied_before(batch, fresh)
+                await answer_again(conn, RESERVE, again, OrderCreated, reanswers.reserve)
+                if not fresh:
+                    return len(batch)
+                orders = _typed(fresh, OrderCreated)
+                plan = rules.plan_reserve(orders, stock.available, stock.orders_with_rows,
+                                          expires_at)  # fmt: skip
+                out = emitted(fresh, plan, durable=RESERVE)
                 try:
-                    await store.open_reservations(conn, plan.deltas, plan.opened, out)
+                    await store.open_reservations(
+                        conn, plan.deltas, plan.opened, out, RESERVE, [d.key for d in fresh]
+                    )
+                except store.StockMoved:
+                    continue  # decided on stock that fell meanwhile: decide again
                 except store.Conflict as exc:
                     # A release got there first (its tombstone): run the batch again, and
                     # this time the order is seen before.
                     raise TransientError(str(exc)) from exc
-            else:
-                await outbox.enqueue(conn, out)
-        return len(batch) - len(fresh)
+            return len(batch) - len(fresh)
+        raise TransientError("stock kept falling under this batch")
 
     async def release(self, batch: Sequence[Delivery]) -> int:
         """inventory.release_request: give reserved stock back to available."""

@@ -19,7 +19,10 @@ MIGRATIONS: Final = Path(__file__).parent / "migrations"
 async def wire(runtime: Runtime) -> Parts:
     settings = runtime.settings
     handlers = Handlers(
-        runtime.pool, settings.reservation_ttl_s, transaction=runtime.relay.transaction
+        runtime.pool,
+        settings.reservation_ttl_s,
+        transaction=runtime.relay.transaction,
+        statements=runtime.relay.statements,
     )
     expiry = Expiry(runtime.pool, runtime.relay.transaction, settings.sweep_interval_s)
     return Parts(

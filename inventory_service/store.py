@@ -1,8 +1,10 @@
-"""All SQL of the inventory service. Each function runs in the caller's transaction.
+"""All SQL of the inventory service. Each function runs in the caller's transaction, if any.
 
 Lock order keeps concurrent batches clear of deadlocks: reservation rows first (by order
 id), then stock rows (by product id), each with a sorted `SELECT ... FOR UPDATE` before the
-batch writes them back in one statement. One wait falls outside that order: a reserve batch
+batch writes them back in one statement. A batch of new orders locks nothing ahead: it
+reads, then writes its stock changes (sorted by product id) relative to what the rows hold,
+with its reservations, in one statement. One wait falls outside that order: a reserve batch
 inserting an order's reservation waits for a release batch's uncommitted tombstone of the
 same order (and the reverse). If the two also want each other's stock rows, PostgreSQL
 breaks the deadlock and the consumer loop retries the batch; it needs a release and a
@@ -32,8 +34,14 @@ class StockLevel(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     sold: int
 
 
-class Locked(msgspec.Struct, frozen=True, kw_only=True):
-    available: dict[str, int]  # locked stock rows; unknown products are absent
+class StockMoved(Exception):
+    """Stock read for a batch of orders fell short by the time the batch wrote: decide again."""
+
+
+class ForReserve(msgspec.Struct, frozen=True, kw_only=True):
+    """What a batch of new orders is decided on, read with no lock taken."""
+
+    available: dict[str, int]  # stock rows of the batch's products; unknown ones are absent
     orders_with_rows: frozenset[str]  # orders that already have a reservation row
 
 
@@ -56,31 +64,34 @@ async def set_available(conn: asyncpg.Connection, product_id: str, available: in
     return StockLevel(**dict(row))
 
 
-_CLAIM_AND_LOCK = f"""
-WITH claimed AS ({inbox.CLAIM}),
-locked AS (
-    SELECT product_id, available FROM stock WHERE product_id = ANY($3::text[])
-    ORDER BY product_id FOR UPDATE
-)
-SELECT msg_key AS id, 0 AS available, 'key' AS kind FROM claimed
-UNION ALL SELECT product_id, available, 'product' FROM locked
+_READ_FOR_RESERVE = """
+SELECT msg_key AS id, 0::bigint AS available, 'key' AS kind FROM processed_messages
+    WHERE consumer = $1 AND msg_key = ANY($2::text[])
+UNION ALL SELECT product_id, available, 'product' FROM stock WHERE product_id = ANY($3::text[])
 UNION ALL SELECT order_id, 0, 'order' FROM reservations WHERE order_id = ANY($4::text[])
 """
 
 
-async def claim_and_lock_for_reserve(
+async def read_for_reserve(
     conn: asyncpg.Connection,
     consumer: str,
     keys: Sequence[str],
     product_ids: Sequence[str],
     order_ids: Sequence[str],
-) -> tuple[set[str], Locked]:
-    """In one round trip: claim inbox keys (returns those not claimed before), lock the
-    products of a batch of new orders, and find the orders that have a reservation row."""
+) -> tuple[set[str], ForReserve]:
+    """In one statement, no lock taken: which inbox keys the consumer applied before, the
+    available stock of a batch of new orders' products, and the orders that have a
+    reservation row.
+
+    The batch's write moves stock relative to what it holds then, and the database refuses
+    stock below zero: a batch decided on stock that fell meanwhile fails (`StockMoved`).
+    Stock that rose meanwhile only makes the batch's out-of-stock answers those of an
+    instant earlier.
+    """
     rows = await conn.fetch(
-        _CLAIM_AND_LOCK, consumer, list(keys), sorted(set(product_ids)), list(order_ids)
+        _READ_FOR_RESERVE, consumer, list(keys), list(set(product_ids)), list(order_ids)
     )
-    return {r["id"] for r in rows if r["kind"] == "key"}, Locked(
+    return {r["id"] for r in rows if r["kind"] == "key"}, ForReserve(
         available={r["id"]: r["available"] for r in rows if r["kind"] == "product"},
         orders_with_rows=frozenset(r["id"] for r in rows if r["kind"] == "order"),
     )
@@ -119,10 +130,13 @@ async def open_reservations(
     conn: asyncpg.Connection,
     deltas: Sequence[Delta],
     opened: Sequence[Reservation],
-    out: Sequence[outbox.Outgoing] = (),
+    out: Sequence[outbox.Outgoing],
+    consumer: str,
+    keys: Sequence[str],
 ) -> None:
-    """Write stock changes, the new reservations, their items and the outgoing messages in
-    one statement."""
+    """Write stock changes, the new reservations, their items, the outgoing messages and the
+    inbox claims of `keys`, in one statement (so in one transaction of its own if the
+    caller has none open)."""
     lines = [(r.order_id, p, q) for r in opened for p, q in r.items.items()]
     try:
         outbox_ids = await conn.fetchval(
@@ -132,6 +146,8 @@ async def open_reservations(
             "  AS n (o, r, e)),"
             " items AS (INSERT INTO reservation_items (order_id, product_id, quantity)"
             "  SELECT * FROM unnest($8::text[], $9::text[], $10::bigint[])),"
+            " claimed AS (INSERT INTO processed_messages (consumer, msg_key)"
+            "  SELECT $17, unnest($18::text[]) ON CONFLICT DO NOTHING),"
             f" o AS ({outbox.insert_statement(11)})"
             " SELECT coalesce(array_agg(id), '{}') FROM o",
             *_delta_args(deltas),
@@ -142,11 +158,17 @@ async def open_reservations(
             [line[1] for line in lines],
             [line[2] for line in lines],
             *outbox.insert_args(out),
+            consumer,
+            list(keys),
         )
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name != "reservations_pkey":
             raise
         raise Conflict(f"a reservation row appeared meanwhile: {exc.detail}") from exc
+    except asyncpg.CheckViolationError as exc:
+        if exc.constraint_name != "stock_available_check":
+            raise
+        raise StockMoved(f"stock fell since it was read: {exc.detail}") from exc
     outbox.stage(outbox_ids, out)
 
 

@@ -10,6 +10,7 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -274,26 +275,68 @@ async def test_concurrent_sweeps_release_each_reservation_once(
                                contracts.INVENTORY_RELEASED) == 40  # fmt: skip
 
 
+class PausedBeforeWriting:
+    """A connection whose writes (`fetchval`) wait until `go` is set: a batch of new orders
+    read, decided, and not written yet."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+        self.decided, self.go = asyncio.Event(), asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    async def fetchval(self, *args: Any) -> Any:
+        self.decided.set()
+        await self.go.wait()
+        return await self._conn.fetchval(*args)
+
+
 async def test_a_release_that_overtakes_a_reservation_in_flight_makes_the_batch_retry(
     pool: asyncpg.Pool, handlers: Handlers
 ) -> None:
     await set_stock(pool, a=5)
-    async with pool.acquire() as blocker, blocker.transaction():
-        await blocker.execute("SELECT 1 FROM stock WHERE product_id = 'a' FOR UPDATE")
-        reserving = asyncio.create_task(handlers.reserve([created("o-1", ("a", 1))]))
-        await wait_until(
-            lambda: pool.fetchval(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-            ),
-            message="the reservation waits on the stock row",
-        )
+    async with pool.acquire() as conn:
+        paused = PausedBeforeWriting(conn)
+
+        @asynccontextmanager
+        async def statements() -> AsyncIterator[Any]:
+            yield paused
+
+        reserving = Handlers(pool, TTL_S, clock=lambda: T0, statements=statements)
+        task = asyncio.create_task(reserving.reserve([created("o-1", ("a", 1))]))
+        await paused.decided.wait()  # read with no row for o-1, reserving it
         await handlers.release([release("o-1")])  # commits its tombstone meanwhile
-    with pytest.raises(TransientError, match="reservation row appeared"):
-        await reserving
+        paused.go.set()
+        with pytest.raises(TransientError, match="reservation row appeared"):
+            await task
     assert await handlers.reserve([created("o-1", ("a", 1))]) == 0  # the loop's retry
     assert await levels(pool, "a") == (5, 0, 0)
     assert [type(m) for m in await emitted(pool)] == [InventoryReleased]
+
+
+async def test_a_batch_decided_on_stock_that_fell_meanwhile_is_decided_again(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=5)
+    async with pool.acquire() as conn:
+        paused = PausedBeforeWriting(conn)
+
+        @asynccontextmanager
+        async def statements() -> AsyncIterator[Any]:
+            yield paused
+
+        reserving = Handlers(pool, TTL_S, clock=lambda: T0, statements=statements)
+        task = asyncio.create_task(reserving.reserve([created("o-1", ("a", 4))]))
+        await paused.decided.wait()  # read 5 available, reserving 4
+        await set_stock(pool, a=2)  # an operator sets the stock lower meanwhile
+        paused.decided.clear()
+        paused.go.set()
+        assert await task == 0
+    assert await levels(pool, "a") == (2, 0, 0)
+    [answer] = await emitted(pool)
+    assert isinstance(answer, InventoryOutOfStock)
+    assert answer.unavailable_items[0].available == 2  # decided again, on the stock as it is
 
 
 async def test_a_release_that_meets_a_reservation_in_flight_waits_for_it_and_releases_it(
@@ -309,7 +352,7 @@ async def test_a_release_that_meets_a_reservation_in_flight_waits_for_it_and_rel
             written.set()  # the reservation is written, and not committed yet
             await committing.wait()
 
-    reserving = Handlers(pool, TTL_S, clock=lambda: T0, transaction=held_open)
+    reserving = Handlers(pool, TTL_S, clock=lambda: T0, statements=held_open)
     reserve = asyncio.create_task(reserving.reserve([created("o-1", ("a", 2))]))
     await written.wait()
     releasing = asyncio.create_task(handlers.release([release("o-1", reason="payment_failed")]))
