@@ -108,13 +108,20 @@ async def lock_stock(conn: asyncpg.Connection, product_ids: Sequence[str]) -> di
     return {r["product_id"]: r["available"] for r in rows}
 
 
-# Applies a batch's net stock changes ($1..$4) to rows the batch has locked.
-_MOVE = """moved AS (
-    UPDATE stock SET available = stock.available + d.available,
+_MOVED = """UPDATE stock SET available = stock.available + d.available,
         reserved = stock.reserved + d.reserved, sold = stock.sold + d.sold, updated_at = now()
     FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
         AS d (product_id, available, reserved, sold)
-    WHERE stock.product_id = d.product_id)"""
+    WHERE stock.product_id = d.product_id"""
+# Applies a batch's net stock changes ($1..$4) to rows the batch has locked.
+_MOVE = f"moved AS ({_MOVED})"
+# The same for a batch that has not locked them: it locks them first, all of them and in
+# product order (an init plan), as every batch does, so that no two batches wait on each
+# other's rows. (An update alone locks rows in the order its plan reaches them.)
+_LOCK_AND_MOVE = f"""locked AS MATERIALIZED (
+    SELECT product_id FROM stock WHERE product_id = ANY($1::text[])
+    ORDER BY product_id FOR UPDATE),
+moved AS ({_MOVED} AND stock.product_id = ANY(ARRAY(SELECT product_id FROM locked)))"""
 
 
 def _delta_args(deltas: Sequence[Delta]) -> tuple[list[str], list[int], list[int], list[int]]:
@@ -140,7 +147,7 @@ async def open_reservations(
     lines = [(r.order_id, p, q) for r in opened for p, q in r.items.items()]
     try:
         outbox_ids = await conn.fetchval(
-            f"WITH {_MOVE}, opened AS (INSERT INTO reservations"
+            f"WITH {_LOCK_AND_MOVE}, opened AS (INSERT INTO reservations"
             "  (order_id, reservation_id, status, expires_at)"
             "  SELECT o, r, 'reserved', e FROM unnest($5::text[], $6::uuid[], $7::timestamptz[])"
             "  AS n (o, r, e)),"
