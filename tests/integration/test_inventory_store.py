@@ -292,10 +292,11 @@ class PausedBeforeWriting:
         return await self._conn.fetchval(*args)
 
 
-async def test_a_release_that_overtakes_a_reservation_in_flight_makes_the_batch_retry(
-    pool: asyncpg.Pool, handlers: Handlers
-) -> None:
-    await set_stock(pool, a=5)
+@asynccontextmanager
+async def paused_reserving(
+    pool: asyncpg.Pool,
+) -> AsyncIterator[tuple[PausedBeforeWriting, Handlers]]:
+    """Handlers whose batches of new orders pause between deciding and writing."""
     async with pool.acquire() as conn:
         paused = PausedBeforeWriting(conn)
 
@@ -303,7 +304,14 @@ async def test_a_release_that_overtakes_a_reservation_in_flight_makes_the_batch_
         async def statements() -> AsyncIterator[Any]:
             yield paused
 
-        reserving = Handlers(pool, TTL_S, clock=lambda: T0, statements=statements)
+        yield paused, Handlers(pool, TTL_S, clock=lambda: T0, statements=statements)
+
+
+async def test_a_release_that_overtakes_a_reservation_in_flight_makes_the_batch_retry(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=5)
+    async with paused_reserving(pool) as (paused, reserving):
         task = asyncio.create_task(reserving.reserve([created("o-1", ("a", 1))]))
         await paused.decided.wait()  # read with no row for o-1, reserving it
         await handlers.release([release("o-1")])  # commits its tombstone meanwhile
@@ -319,14 +327,7 @@ async def test_a_batch_decided_on_stock_that_fell_meanwhile_is_decided_again(
     pool: asyncpg.Pool, handlers: Handlers
 ) -> None:
     await set_stock(pool, a=5)
-    async with pool.acquire() as conn:
-        paused = PausedBeforeWriting(conn)
-
-        @asynccontextmanager
-        async def statements() -> AsyncIterator[Any]:
-            yield paused
-
-        reserving = Handlers(pool, TTL_S, clock=lambda: T0, statements=statements)
+    async with paused_reserving(pool) as (paused, reserving):
         task = asyncio.create_task(reserving.reserve([created("o-1", ("a", 4))]))
         await paused.decided.wait()  # read 5 available, reserving 4
         await set_stock(pool, a=2)  # an operator sets the stock lower meanwhile
