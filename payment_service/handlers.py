@@ -4,7 +4,7 @@ A round takes the first command of each order in the batch through three steps, 
 transaction open during a gateway call:
 1. create missing rows, read every row and find commands already applied (inbox) in one
    statement, and answer each command applied before again, from its row (its first
-   answer may have been lost), in a transaction only when there are such commands;
+   answer may have been lost), in one more statement only when there are such commands;
 2. (only if some order needs a charge) after creating intents concurrently, record them in
    one statement, compare-and-set, so that no intent is ever confirmed before our row
    names it;
