@@ -3,6 +3,11 @@
 A handler calls `claim` inside the transaction of its effects; a key it gets back is new and
 must be applied, a key it does not get back was applied before (redelivery, duplicate,
 replay) and must be skipped. The row commits or rolls back with the effect.
+
+A handler that locks nothing ahead reads the keys first instead (a key with a row was
+applied before), decides, and inserts the rows of the new keys in the one statement that
+writes the effects; if that statement writes nothing for a message (its row changed
+meanwhile), it claims nothing for it either.
 """
 
 from __future__ import annotations
