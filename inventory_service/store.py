@@ -153,8 +153,7 @@ async def open_reservations(
             "  AS n (o, r, e)),"
             " items AS (INSERT INTO reservation_items (order_id, product_id, quantity)"
             "  SELECT * FROM unnest($8::text[], $9::text[], $10::bigint[])),"
-            " claimed AS (INSERT INTO processed_messages (consumer, msg_key)"
-            "  SELECT $17, unnest($18::text[]) ON CONFLICT DO NOTHING),"
+            f" claimed AS ({inbox.claim_statement(17, 18)}),"
             f" o AS ({outbox.insert_statement(11)})"
             " SELECT coalesce(array_agg(id), '{}') FROM o",
             *_delta_args(deltas),

@@ -24,11 +24,16 @@ RETENTION_DAYS = 31  # outlives the dead-letter stream's 30 days of replayable m
 D = TypeVar("D", bound=Delivery)
 
 
-# Records the consumer ($1) and keys ($2) given; returns the keys not recorded before.
-CLAIM = (
-    "INSERT INTO processed_messages (consumer, msg_key)"
-    " SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING msg_key"
-)
+def claim_statement(consumer: int, keys: int) -> str:
+    """Records the consumer (parameter `$consumer`) and keys (`$keys`) given; returns the
+    keys not recorded before. To claim in a statement that does more."""
+    return (
+        "INSERT INTO processed_messages (consumer, msg_key)"
+        f" SELECT ${consumer}, unnest(${keys}::text[]) ON CONFLICT DO NOTHING RETURNING msg_key"
+    )
+
+
+CLAIM = claim_statement(1, 2)
 
 
 async def claim(conn: asyncpg.Connection, consumer: str, batch: Sequence[D]) -> list[D]:
