@@ -195,17 +195,21 @@ class Consumer:
                 if pace and time.monotonic() < began + pace:
                     await pause(stop, began + pace - time.monotonic())
                     continue  # told to stop meanwhile, or paused long enough
-                try:
-                    msgs = await pull.take(self._batch, wait_s=1.0)
-                except nats.errors.Error:
-                    # Disconnected or reconnecting: nats-py reconnects by itself.
-                    await asyncio.sleep(0.5)
-                    continue
+                msgs = await self._take(pull)
                 if msgs:
                     began = time.monotonic()
                 await self.process(msgs)
         finally:
             await self._hand_back(await pull.stop())
+
+    async def _take(self, pull: StandingPull) -> list[Msg]:
+        """What arrived on the pull, waiting up to a second; nothing while disconnected or
+        reconnecting (nats-py reconnects by itself)."""
+        try:
+            return await pull.take(self._batch, wait_s=1.0)
+        except nats.errors.Error:
+            await asyncio.sleep(0.5)
+            return []
 
     async def _relieve(
         self, pull: StandingPull, stop: asyncio.Event, holding: asyncio.Event
@@ -214,12 +218,7 @@ class Consumer:
         while not stop.is_set():
             await either(holding, stop)
             while holding.is_set() and not stop.is_set():
-                try:
-                    msgs = await pull.take(self._batch, wait_s=1.0)
-                except nats.errors.Error:
-                    await asyncio.sleep(0.5)
-                    continue
-                await self.process(msgs)
+                await self.process(await self._take(pull))
 
     async def _hand_back(self, msgs: list[Msg]) -> None:
         """Delivered but never handled when the loop stopped: redeliver them now rather
