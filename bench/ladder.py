@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 
 from bench import probe, procfs
+from bench.disk import FsyncProbe
 from bench.loadrun import run_load
 from bench.steps import HEADER, P99_LIMIT_MS, Step, capacity, row
 from jetsaga.devstack.procs import Child, port_in_use
@@ -65,9 +66,11 @@ def load(
     )
 
 
-def step(up: Child, rate: float, args: argparse.Namespace, out: Path, nats_url: str) -> Step:
+def step(
+    up: Child, rate: float, args: argparse.Namespace, out: Path, nats_url: str, data_dir: Path
+) -> Step:
     before, busy0, t0 = procfs.cpu_by_role(up.pid), procfs.machine_busy_s(), time.monotonic()
-    with procfs.RssSampler(up.pid) as rss:
+    with procfs.RssSampler(up.pid) as rss, FsyncProbe(data_dir) as disk:
         report, runner_s = load(
             rate, args.duration, args.settle_timeout, out, f"rate-{rate:g}", nats_url,
             args.step_warmup,
@@ -88,6 +91,7 @@ def step(up: Child, rate: float, args: argparse.Namespace, out: Path, nats_url: 
         worker_peak_rss_mib={k: round(v, 1) for k, v in sorted(rss.peak_mib.items())},
         report=str(out / f"rate-{rate:g}.json"),
         p99_ms_by_outcome={k: v["p99"] for k, v in report.get("latencyByOutcome", {}).items()},
+        fsync=disk.figures(),
     )  # fmt: skip
 
 
@@ -130,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     speed_before = probe.measure()
     print(f"machine before: {speed_before.describe()}")
     with tempfile.TemporaryDirectory(prefix="jetsaga-bench-") as tmp:
-        up = start_stack(Path(args.data_dir or tmp), args.gateway, out)
+        data_dir = Path(args.data_dir or tmp)
+        up = start_stack(data_dir, args.gateway, out)
         steps: list[Step] = []
         try:
             print(
@@ -142,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 load(rates[0], args.warmup, args.settle_timeout, out, "warmup", nats_url)
             print(HEADER, flush=True)
             for rate in rates:
-                steps.append(step(up, rate, args, out, nats_url))
+                steps.append(step(up, rate, args, out, nats_url, data_dir))
                 print(row(steps[-1]), flush=True)
                 if steps[-1].lost and not args.keep_going:
                     print("orders were lost: the ladder stops here (--keep-going to go on)")

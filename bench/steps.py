@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+from bench.disk import FsyncFigures
+
 P99_LIMIT_MS = 500.0
 
 
@@ -27,12 +29,16 @@ class Step(msgspec.Struct, kw_only=True, rename="camel"):
     report: str
     # p99 per final status (CONFIRMED, CANCELLED, FAILED): which path sets the tail
     p99_ms_by_outcome: dict[str, float] = {}
+    # a small fdatasync on the data directory's disk every 20 ms through the step: a slow
+    # one held every commit of the stack (bench.disk)
+    fsync: FsyncFigures | None = None
 
 
 HEADER = (
     f"{'rate/s':>7} {'final/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
     f"{'p99 conf/canc/fail':>18} {'lost':>6} "
-    f"{'CPU ms/saga':>11} {'box CPU%':>8} {'stock':>5}  worker peak RSS MiB (order/inv/payment)"
+    f"{'CPU ms/saga':>11} {'box CPU%':>8} {'stock':>5} {'fsync max ms (stalls)':>21}"
+    "  worker peak RSS MiB (order/inv/payment)"
 )
 
 
@@ -45,8 +51,12 @@ def row(s: Step) -> str:
         f"{s.rate:>7g} {s.final_per_s:>8.1f} {s.p50_ms:>8.1f} {s.p95_ms:>8.1f} "
         f"{s.p99_ms:>8.1f} {_by_outcome(s.p99_ms_by_outcome):>18} {s.lost:>6} "
         f"{s.cpu_ms_per_saga:>11.3f} {s.machine_busy_pct:>8.0f} "
-        f"{'ok' if s.stock_ok else 'BAD':>5}  {rss}"
+        f"{'ok' if s.stock_ok else 'BAD':>5} {_fsync(s.fsync):>21}  {rss}"
     )
+
+
+def _fsync(f: FsyncFigures | None) -> str:
+    return "-" if f is None else f"{f.max_ms:.0f} ({f.stalls})"
 
 
 def _by_outcome(ms: dict[str, float]) -> str:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
-from bench import probe, procfs
+from bench import disk, probe, procfs
 from bench.steps import Step, capacity, row
 
 
@@ -71,3 +73,27 @@ def test_the_machine_probe_times_python_and_a_round_trip_and_leaves_no_trace() -
     assert set(procfs.tree(os.getpid())) == before  # its echo child is gone
     speed = probe.Speed(python_ms=61.5, handoff_us=70.2)
     assert speed.describe() == "python 62 ms, handoff 70 µs"
+
+
+def test_fsync_figures_count_the_syncs_that_held_commits() -> None:
+    f = disk.figures([0.001] * 97 + [0.25, 0.9, 0.003])
+    assert (f.syncs, f.p50_ms, f.max_ms, f.stalls, f.stalled_s) == (100, 1.0, 900.0, 2, 1.15)
+    assert f.p99_ms == 250.0
+    assert disk.figures([]).syncs == 0
+
+
+def test_the_fsync_probe_syncs_until_told_to_stop_and_leaves_no_file(tmp_path: Path) -> None:
+    with disk.FsyncProbe(tmp_path, every_s=0.001) as probe:
+        deadline = time.monotonic() + 30
+        while probe.figures().syncs < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert probe.figures().syncs >= 5
+    assert probe.figures().max_ms > 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_row_shows_the_slowest_fsync_of_the_step_and_its_stalls() -> None:
+    s = step(1000, 480)
+    assert " - " in row(s)
+    s.fsync = disk.figures([0.001, 0.3])
+    assert " 300 (1) " in row(s)
