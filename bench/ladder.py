@@ -3,9 +3,11 @@
 Starts `jetsaga up --no-seed` (PAYMENT_GATEWAY=fake unless `--gateway stripe`), warms it
 up, then runs one load step per rate and prints a row per step: achieved throughput,
 latency, lost orders, CPU per saga over every process of the stack plus the runner (from
-/proc), and the peak RSS of each worker. The capacity is the highest rate with 0 lost and
-p99 <= 500 ms. Before and after, it probes the machine's speed (`bench.probe`), which drifts
-by the hour. Everything lands in bench/results/<stamp>-<gateway>/.
+/proc), the peak RSS of each worker, and the slowest `fdatasync` on the data directory's
+disk (`bench.disk`: a stalled disk holds every commit). The capacity is the highest rate
+with 0 lost and p99 <= 500 ms. Before and after, it probes the machine's speed
+(`bench.probe`), which drifts by the hour. Everything lands in
+bench/results/<stamp>-<gateway>/.
 
 Each step first sends at its rate for `--step-warmup` seconds, then for `--duration`
 seconds: throughput and latency are those of the measured part, the steady state at that
