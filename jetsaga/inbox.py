@@ -36,6 +36,18 @@ def claim_statement(consumer: int, keys: int) -> str:
 CLAIM = claim_statement(1, 2)
 
 
+def claim_if_written_statement(consumer: int, keys: int, order_ids: int, written: str) -> str:
+    """For a statement that writes only some of its changes: records key `$keys[i]` if
+    `$order_ids[i]` is NULL (its message changed nothing) or is the `order_id` of a row of
+    `written`, the statement's CTE of the changes it wrote; returns the keys recorded now."""
+    return (
+        "INSERT INTO processed_messages (consumer, msg_key)"
+        f" SELECT ${consumer}, k FROM unnest(${keys}::text[], ${order_ids}::text[]) AS t (k, o)"
+        f" WHERE o IS NULL OR o IN (SELECT order_id FROM {written})"
+        " ON CONFLICT DO NOTHING RETURNING msg_key"
+    )
+
+
 async def claim(conn: asyncpg.Connection, consumer: str, batch: Sequence[D]) -> list[D]:
     """Record the batch's keys; return the deliveries not applied before, first of each key."""
     if not batch:

@@ -17,7 +17,7 @@ import asyncpg
 import msgspec
 
 from jetsaga import contracts as c
-from jetsaga import outbox
+from jetsaga import inbox, outbox
 from jetsaga.outbox import Outgoing
 from order_service.saga import ORDER_STATUS, TERMINAL, Decision, Saga
 
@@ -187,11 +187,7 @@ WITH s AS (
 ), n AS (
     INSERT INTO order_status_counts (status, slot, n) SELECT status, $16, k FROM d WHERE k <> 0
     ON CONFLICT (status, slot) DO UPDATE SET n = order_status_counts.n + excluded.n
-), claimed AS (
-    INSERT INTO processed_messages (consumer, msg_key)
-    SELECT $24, k FROM unnest($25::text[], $26::text[]) AS t (k, o)
-    WHERE o IS NULL OR o IN (SELECT order_id FROM s)
-    ON CONFLICT DO NOTHING RETURNING msg_key
+), claimed AS ({inbox.claim_if_written_statement(24, 25, 26, "s")}
 ), o AS ({outbox.insert_statement(17, "m.saga_id IN (SELECT order_id FROM s)")})
 SELECT 'written' AS kind, order_id AS value FROM s
 UNION ALL SELECT 'claimed', msg_key FROM claimed

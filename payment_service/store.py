@@ -14,7 +14,7 @@ from datetime import datetime
 import asyncpg
 import msgspec
 
-from jetsaga import outbox
+from jetsaga import inbox, outbox
 
 _COLUMNS = (
     "order_id, status, amount, currency, payment_method,"
@@ -170,7 +170,7 @@ class Claim(msgspec.Struct, frozen=True):
     answer: outbox.Outgoing | None
 
 
-_SETTLE = """
+_SETTLE = f"""
 WITH applied AS (
     UPDATE payments AS p SET status = c.status,
         payment_id = coalesce(c.payment_id, p.payment_id),
@@ -181,12 +181,7 @@ WITH applied AS (
         AS c (order_id, version, status, payment_id, refund_id, failure_reason)
     WHERE p.order_id = c.order_id AND p.version = c.version RETURNING p.order_id
 ),
-claimed AS (
-    INSERT INTO processed_messages (consumer, msg_key)
-    SELECT $8, k FROM unnest($9::text[], $10::text[]) AS t (k, o)
-    WHERE o IS NULL OR o IN (SELECT order_id FROM applied)
-    ON CONFLICT DO NOTHING RETURNING msg_key
-),
+claimed AS ({inbox.claim_if_written_statement(8, 9, 10, "applied")}),
 sent AS (
     INSERT INTO outbox (subject, msg_id, payload, saga_id, causation_id, traceparent)
     SELECT s, m, b, g, c, tp FROM unnest($9::text[], $10::text[], $11::text[], $12::text[],
