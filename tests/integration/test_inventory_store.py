@@ -293,10 +293,10 @@ class PausedBeforeWriting:
 
 
 @asynccontextmanager
-async def paused_reserving(
-    pool: asyncpg.Pool,
-) -> AsyncIterator[tuple[PausedBeforeWriting, Handlers]]:
-    """Handlers whose batches of new orders pause between deciding and writing."""
+async def reserving_paused(
+    pool: asyncpg.Pool, order: Delivery
+) -> AsyncIterator[tuple[PausedBeforeWriting, asyncio.Task[int]]]:
+    """A batch of one new order, read and decided, paused before it writes until `go`."""
     async with pool.acquire() as conn:
         paused = PausedBeforeWriting(conn)
 
@@ -304,16 +304,21 @@ async def paused_reserving(
         async def statements() -> AsyncIterator[Any]:
             yield paused
 
-        yield paused, Handlers(pool, TTL_S, clock=lambda: T0, statements=statements)
+        handlers = Handlers(pool, TTL_S, clock=lambda: T0, statements=statements)
+        task = asyncio.create_task(handlers.reserve([order]))
+        try:
+            await paused.decided.wait()
+            yield paused, task
+        finally:
+            task.cancel()  # a no-op once the test awaited it
 
 
 async def test_a_release_that_overtakes_a_reservation_in_flight_makes_the_batch_retry(
     pool: asyncpg.Pool, handlers: Handlers
 ) -> None:
     await set_stock(pool, a=5)
-    async with paused_reserving(pool) as (paused, reserving):
-        task = asyncio.create_task(reserving.reserve([created("o-1", ("a", 1))]))
-        await paused.decided.wait()  # read with no row for o-1, reserving it
+    # read with no row for o-1, reserving it
+    async with reserving_paused(pool, created("o-1", ("a", 1))) as (paused, task):
         await handlers.release([release("o-1")])  # commits its tombstone meanwhile
         paused.go.set()
         with pytest.raises(TransientError, match="reservation row appeared"):
@@ -327,9 +332,8 @@ async def test_a_batch_decided_on_stock_that_fell_meanwhile_is_decided_again(
     pool: asyncpg.Pool, handlers: Handlers
 ) -> None:
     await set_stock(pool, a=5)
-    async with paused_reserving(pool) as (paused, reserving):
-        task = asyncio.create_task(reserving.reserve([created("o-1", ("a", 4))]))
-        await paused.decided.wait()  # read 5 available, reserving 4
+    # read 5 available, reserving 4
+    async with reserving_paused(pool, created("o-1", ("a", 4))) as (paused, task):
         await set_stock(pool, a=2)  # an operator sets the stock lower meanwhile
         paused.decided.clear()
         paused.go.set()
