@@ -39,7 +39,9 @@ ORDER_STATUS = {
 }
 
 
-class Saga(msgspec.Struct, frozen=True, kw_only=True):
+class Saga(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    # Stored as a MessagePack array of the fields in this order (order_service.store): add
+    # a field at the end only, with a default, so that states written before still decode.
     order_id: str
     customer_id: str
     amount: int

@@ -22,8 +22,29 @@ from jetsaga.outbox import Outgoing
 from order_service.saga import ORDER_STATUS, TERMINAL, Decision, Saga
 
 COUNT_SLOTS = 16
-_saga_encoder = msgspec.json.Encoder()
-_saga_decoder = msgspec.json.Decoder(Saga)
+# A saga's state is written at each of its steps, so its size is WAL at each step: as a
+# MessagePack array it takes 150-190 bytes where a JSON object took 400-450.
+_saga_encoder = msgspec.msgpack.Encoder()
+_saga_decoder = msgspec.msgpack.Decoder(Saga)
+
+
+class _JsonSaga(Saga, frozen=True, array_like=False):
+    """How states were stored before (a JSON object): sagas in flight across an upgrade."""
+
+
+_json_saga_decoder = msgspec.json.Decoder(_JsonSaga)
+
+
+def encode_state(saga: Saga) -> bytes:
+    return _saga_encoder.encode(saga)
+
+
+def decode_state(state: bytes) -> Saga:
+    if state[:1] == b"{":
+        return Saga(**msgspec.structs.asdict(_json_saga_decoder.decode(state)))
+    return _saga_decoder.decode(state)
+
+
 _items_decoder = msgspec.json.Decoder(tuple[c.LineItem, ...])
 
 
@@ -102,7 +123,7 @@ async def create_orders(conn: asyncpg.Connection, group: Sequence[NewOrder]) -> 
         [n.idempotency_key for n in group],
         [n.request_hash for n in group],
         [ts(n.first.saga.started_at) for n in group],
-        [_saga_encoder.encode(n.first.saga) for n in group],
+        [encode_state(n.first.saga) for n in group],
         [ts(n.first.saga.deadline) for n in group],
         [n.created.msg_id for n in group],
         [n.created.payload for n in group],
@@ -140,7 +161,7 @@ async def read(
     before, and the sagas as they are (`save` writes a saga only if it is still so)."""
     rows = await conn.fetch(_READ, consumer, list(keys), list(set(order_ids)))
     seen = {r[0] for r in rows if r[0] is not None}
-    sagas = {r[1]: StoredSaga(_saga_decoder.decode(r[2]), r[3]) for r in rows if r[1] is not None}
+    sagas = {r[1]: StoredSaga(decode_state(r[2]), r[3]) for r in rows if r[1] is not None}
     return seen, sagas
 
 
@@ -150,7 +171,7 @@ async def lock_due_sagas(conn: asyncpg.Connection, now: float, limit: int) -> di
         " ORDER BY deadline LIMIT $2 FOR UPDATE SKIP LOCKED",
         ts(now), limit,
     )  # fmt: skip
-    return {r["order_id"]: StoredSaga(_saga_decoder.decode(r["state"]), r["steps"]) for r in rows}
+    return {r["order_id"]: StoredSaga(decode_state(r["state"]), r["steps"]) for r in rows}
 
 
 # Each saga is written only if it still has the steps it was read with ($23); its history,
@@ -224,7 +245,7 @@ async def save(
         saga = decision.saga
         ids.append(saga.order_id)
         statuses.append(saga.status.value)
-        states.append(_saga_encoder.encode(saga))
+        states.append(encode_state(saga))
         deadlines.append(ts(saga.deadline))
         steps.append(stored.steps + len(decision.history))
         terminal.append(saga.status in TERMINAL)
@@ -289,7 +310,7 @@ def _iso(value: datetime.datetime) -> str:
 
 
 def _view(row: asyncpg.Record, history: tuple[HistoryView, ...] = ()) -> OrderView:
-    saga = _saga_decoder.decode(row["state"])
+    saga = decode_state(row["state"])
     return OrderView(
         order_id=row["order_id"], customer_id=row["customer_id"],
         items=_items_decoder.decode(row["items"]), total_amount=row["total_amount"],

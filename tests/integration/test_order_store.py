@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -130,6 +131,33 @@ async def test_saved_transitions_append_history_and_end_the_order(pool: asyncpg.
     ]  # fmt: skip
     assert stats.status_counts == {"PENDING": 0, "CANCELLED": 1}
     assert stats.compensations_recent == 1 and stats.compensated_recent == 1
+
+
+async def test_a_saga_stored_as_json_before_is_read_advanced_and_stored_compact(
+    pool: asyncpg.Pool,
+) -> None:
+    order = new_order()
+    order_id = order.order.order_id
+    async with pool.acquire() as conn:
+        await store.create_orders(conn, [order])
+        compact = await conn.fetchval("SELECT state FROM sagas WHERE order_id = $1", order_id)
+        assert compact[:1] != b"{" and len(compact) < 200
+        # the state as the order service wrote it before it stored MessagePack
+        legacy = msgspec.json.encode(msgspec.structs.asdict(order.first.saga))
+        await conn.execute("UPDATE sagas SET state = $2 WHERE order_id = $1", order_id, legacy)
+        _, sagas = await store.read(conn, "test", [], [order_id])
+        assert sagas[order_id].saga == order.first.saga
+        assert (await store.get_order(conn, order_id)).saga_status == "STARTED"  # type: ignore[union-attr]
+        reserved = contracts.InventoryReserved(order_id=order_id, reservation_id="r-1",
+                                               items=order.order.items, expires_at="x")  # fmt: skip
+        ctx = Context(now=time.time(), payment_timeout_s=60)
+        changes, out = handlers.decide(sagas, [(reserved, "m", None)], ctx)
+        assert (await store.save(conn, changes, ctx.now, out))[0] == {order_id}
+        state = await conn.fetchval("SELECT state FROM sagas WHERE order_id = $1", order_id)
+        _, sagas = await store.read(conn, "test", [], [order_id])
+    assert state[:1] != b"{"
+    assert sagas[order_id].saga.status is SagaStatus.PAYMENT_PROCESSING
+    assert sagas[order_id].saga.reservation_id == "r-1"
 
 
 async def test_due_sagas_are_swept_once_even_by_two_sweepers(pool: asyncpg.Pool) -> None:
