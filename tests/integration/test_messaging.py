@@ -332,14 +332,12 @@ async def test_inbox_claim_rolls_back_with_its_transaction(pool: asyncpg.Pool) -
 async def test_inbox_prune_forgets_only_keys_older_than_the_retention(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         await inbox.claim(conn, "c", [delivery("old"), delivery("recent"), delivery("new")])
+        # an hour past the retention, and an hour short of it
         await conn.execute(
             "UPDATE processed_messages SET processed_at = now() - make_interval(days => $1)"
+            " + CASE WHEN msg_key LIKE '%old' THEN -interval '1 hour' ELSE interval '1 hour' END"
             " WHERE msg_key LIKE '%old' OR msg_key LIKE '%recent'",
             inbox.RETENTION_DAYS,
-        )
-        await conn.execute(
-            "UPDATE processed_messages SET processed_at = processed_at + interval '1 hour'"
-            " WHERE msg_key LIKE '%recent'"
         )
         assert await inbox.prune(conn) == 1
         again = await inbox.claim(conn, "c", [delivery("old"), delivery("recent"), delivery("new")])

@@ -147,7 +147,8 @@ async def test_a_saga_stored_as_json_before_is_read_advanced_and_stored_compact(
         await conn.execute("UPDATE sagas SET state = $2 WHERE order_id = $1", order_id, legacy)
         _, sagas = await store.read(conn, "test", [], [order_id])
         assert sagas[order_id].saga == order.first.saga
-        assert (await store.get_order(conn, order_id)).saga_status == "STARTED"  # type: ignore[union-attr]
+        view = await store.get_order(conn, order_id)
+        assert view is not None and view.saga_status == "STARTED"
         reserved = contracts.InventoryReserved(order_id=order_id, reservation_id="r-1",
                                                items=order.order.items, expires_at="x")  # fmt: skip
         ctx = Context(now=time.time(), payment_timeout_s=60)
