@@ -1,5 +1,8 @@
 """The embedded PostgreSQL 16 server: the binaries of the pgserver wheel, run directly as
-our child on 127.0.0.1 (not pgserver's own daemon, which detaches and listens on a socket).
+our child (not pgserver's own daemon, which detaches), listening on 127.0.0.1 and on a Unix
+socket in a private directory. `url` names the socket: a round trip through it costs the
+client and the backend 15-20 us less CPU than one through loopback TCP (measured here:
+backend 29-34 us against 44, client 55-58 us against 60-66, for `SELECT $1`).
 
 PostgreSQL refuses to run as root, so as root initdb and postgres run as the unprivileged
 user `pgserver`, who must own the data directory and be able to traverse its parents.
@@ -125,13 +128,19 @@ class PostgresServer(Server):
         self.data_dir = Path(data_dir).absolute()
         self.port = port if port is not None else free_port()
         self.user = RUN_AS if os.geteuid() == 0 else None
-        self.socket_dir: Path | None = None
+        # Chosen now, so that `url` is known before the first start and holds across restarts.
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="jetsaga-pg-"))
         log = log_path if log_path is not None else self.data_dir.parent / "postgres.log"
         super().__init__(Child("postgres", [], log_path=log, user=self.user, cwd="/"))
         self.child.env = {**os.environ, "LC_ALL": "C"}  # English log lines: the ready line
 
     @property
     def url(self) -> str:
+        """Through the Unix socket: for processes on this machine, as the workers are."""
+        return f"postgresql://postgres@/postgres?host={self.socket_dir}&port={self.port}"
+
+    @property
+    def tcp_url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _prepare(self) -> None:
@@ -153,7 +162,7 @@ class PostgresServer(Server):
             if initdb.returncode != 0:
                 raise ChildFailed(f"initdb failed ({initdb.returncode}):\n{initdb.stdout}")
         self._clear_stale_pid_file()
-        self.socket_dir = Path(tempfile.mkdtemp(prefix="jetsaga-pg-"))
+        self.socket_dir.mkdir(mode=0o700, exist_ok=True)  # each stop removes it
         if owner is not None:
             os.chown(self.socket_dir, owner.pw_uid, owner.pw_gid)
 
@@ -169,7 +178,6 @@ class PostgresServer(Server):
             pid_file.unlink()
 
     def _spawn(self) -> None:
-        assert self.socket_dir is not None
         self.child.argv = [
             str(postgres_bin_dir() / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
             "-h", "127.0.0.1", "-k", str(self.socket_dir), "-c", "lc_messages=C",
@@ -197,6 +205,4 @@ class PostgresServer(Server):
         self._remove_socket_dir()
 
     def _remove_socket_dir(self) -> None:
-        if self.socket_dir is not None:
-            shutil.rmtree(self.socket_dir, ignore_errors=True)
-            self.socket_dir = None
+        shutil.rmtree(self.socket_dir, ignore_errors=True)  # a restart makes it again
