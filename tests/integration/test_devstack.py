@@ -23,6 +23,7 @@ from nats.js.api import StreamConfig
 from jetsaga.devstack.nats import NatsServer, go_max_procs
 from jetsaga.devstack.postgres import PostgresServer
 from jetsaga.devstack.procs import Child, ChildFailed, free_port
+from jetsaga.devstack.stripe import LocalStripe
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -122,6 +123,39 @@ def test_localstripe_charges_visa_and_declines_charge_customer_fail(
     with pytest.raises(stripe.CardError) as declined:
         charge("pm_card_chargeCustomerFail")
     assert declined.value.code == "card_declined"
+
+
+def test_localstripe_lists_by_type_before_and_after_a_restart_from_its_store(
+    tmp_path: Path,
+) -> None:
+    """The child lists from its own index of the store: what it lists must be what
+    localstripe's scan would, for objects made now and for those loaded from the file."""
+    server = LocalStripe(port=None, store_path=tmp_path / "store.pickle",
+                         log_path=tmp_path / "localstripe.log")  # fmt: skip
+    client = stripe.StripeClient("sk_test_x", base_addresses={"api": server.api_base})
+
+    def paid(amount: int) -> str:
+        params = {"amount": amount, "currency": "usd", "payment_method": "pm_card_visa"}
+        return client.v1.payment_intents.create(params={**params, "confirm": True}).id
+
+    def refunds_of(intent_id: str) -> list[tuple[str, int]]:
+        found = client.v1.refunds.list(params={"payment_intent": intent_id})
+        return [(r.id, r.amount) for r in found.data]
+
+    server.start()
+    try:
+        first, second = paid(500), paid(700)
+        refund = client.v1.refunds.create(params={"payment_intent": first}).id
+        assert refunds_of(first) == [(refund, 500)] and refunds_of(second) == []
+        server.stop()
+        server.start()
+        assert refunds_of(first) == [(refund, 500)] and refunds_of(second) == []
+        later = client.v1.refunds.create(params={"payment_intent": second}).id
+        assert refunds_of(second) == [(later, 700)] and refunds_of(first) == [(refund, 500)]
+        everything = {r.id for r in client.v1.refunds.list(params={"limit": 100}).data}
+        assert everything == {refund, later}
+    finally:
+        server.stop()
 
 
 async def test_child_dies_when_its_parent_is_killed(tmp_path: Path) -> None:
