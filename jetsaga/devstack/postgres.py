@@ -139,10 +139,6 @@ class PostgresServer(Server):
         """Through the Unix socket: for processes on this machine, as the workers are."""
         return f"postgresql://postgres@/postgres?host={self.socket_dir}&port={self.port}"
 
-    @property
-    def tcp_url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
     def _prepare(self) -> None:
         owner = _ensure_user(self.user) if self.user is not None else None
         self.data_dir.mkdir(parents=True, exist_ok=True)
