@@ -4,9 +4,10 @@ Starts `jetsaga up --no-seed` (PAYMENT_GATEWAY=fake unless `--gateway stripe`), 
 up, then runs one load step per rate and prints a row per step: achieved throughput,
 latency, lost orders, CPU per saga over every process of the stack plus the runner (from
 /proc), the peak RSS of each worker, and the slowest `fdatasync` on the data directory's
-disk (`bench.disk`: a stalled disk holds every commit). The capacity is the highest rate
-with 0 lost and p99 <= 500 ms. Before and after, it probes the machine's speed
-(`bench.probe`), which drifts by the hour. Everything lands in
+disk (`bench.disk`: a stalled disk holds every commit), the WAL written per saga
+(`bench.wal`) and the machine's speed just before the step (`bench.probe`), which drifts
+by the hour. The capacity is the highest rate with 0 lost and p99 <= 500 ms. Before and
+after the ladder, it probes the machine's speed again. Everything lands in
 bench/results/<stamp>-<gateway>/.
 
 Each step first sends at its rate for `--step-warmup` seconds, then for `--duration`
@@ -32,7 +33,7 @@ from typing import Any
 
 import msgspec
 
-from bench import probe, procfs
+from bench import probe, procfs, wal
 from bench.disk import FsyncProbe
 from bench.loadrun import run_load
 from bench.steps import HEADER, P99_LIMIT_MS, Step, capacity, row
@@ -71,6 +72,9 @@ def load(
 def step(
     up: Child, rate: float, args: argparse.Namespace, out: Path, nats_url: str, data_dir: Path
 ) -> Step:
+    speed = probe.measure()  # the stack is idle: the last step has settled
+    database = wal.database_url(data_dir)
+    wal0 = wal.wal_bytes(database)
     before, busy0, t0 = procfs.cpu_by_role(up.pid), procfs.machine_busy_s(), time.monotonic()
     with procfs.RssSampler(up.pid) as rss, FsyncProbe(data_dir) as disk:
         report, runner_s = load(
@@ -78,6 +82,7 @@ def step(
             args.step_warmup,
         )  # fmt: skip
     after, busy1, t1 = procfs.cpu_by_role(up.pid), procfs.machine_busy_s(), time.monotonic()
+    wal1 = wal.wal_bytes(database)
     cpu = {k: round(v - before.get(k, 0.0), 2) for k, v in after.items()}
     cpu["runner"] = round(runner_s, 2)
     finals = report["confirmed"] + report["cancelled"] + report["failed"]
@@ -94,6 +99,8 @@ def step(
         report=str(out / f"rate-{rate:g}.json"),
         p99_ms_by_outcome={k: v["p99"] for k, v in report.get("latencyByOutcome", {}).items()},
         fsync=disk.figures(),
+        wal_kb_per_saga=wal.kb_per_saga(wal0, wal1, finals),
+        probe_python_ms=speed.python_ms,
     )  # fmt: skip
 
 

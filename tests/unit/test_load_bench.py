@@ -8,7 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench import disk, probe, procfs
+import pytest
+
+from bench import disk, probe, procfs, wal
 from bench.steps import Step, capacity, row
 
 
@@ -32,6 +34,35 @@ def test_a_row_shows_rate_latency_lost_cpu_and_worker_memory() -> None:
     line = row(step(1000, 480))
     assert line.split()[:7] == ["1000", "1000.0", "1.0", "2.0", "480.0", "-/-/-", "0"]
     assert line.endswith("80/0/0")
+
+
+def test_a_row_shows_the_wal_per_saga_and_the_machine_speed_before_the_step() -> None:
+    s = step(1000, 480)
+    assert row(s).split()[-3:] == ["-", "-", "80/0/0"]  # neither was measured
+    s.wal_kb_per_saga, s.probe_python_ms = 13.46, 61.4
+    assert row(s).split()[-3:] == ["13.5", "61", "80/0/0"]
+
+
+def test_wal_per_saga_is_the_counter_difference_over_the_sagas_that_ended() -> None:
+    assert wal.kb_per_saga(1_000_000, 14_460_000, 1_000) == 13.46
+    assert wal.kb_per_saga(None, 14_460_000, 1_000) is None
+    assert wal.kb_per_saga(1_000_000, None, 1_000) is None
+    assert wal.kb_per_saga(1_000_000, 2_000_000, 0) is None
+
+
+def test_the_embedded_cluster_is_found_from_its_pid_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert wal.database_url(tmp_path) is None  # not started
+    (tmp_path / "postgres").mkdir()
+    pid_file = tmp_path / "postgres" / "postmaster.pid"
+    pid_file.write_text("4242\n/data/postgres\n1795465487\n54320\n/tmp/sock\n127.0.0.1\n")
+    assert wal.database_url(tmp_path) == "postgresql://postgres@127.0.0.1:54320/postgres"
+    pid_file.write_text("4242\n")  # written while the server starts
+    assert wal.database_url(tmp_path) is None
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db.example/x")
+    assert wal.database_url(tmp_path) == "postgresql://db.example/x"  # an outside server
 
 
 def test_a_row_shows_the_p99_of_each_final_status_the_step_had() -> None:
