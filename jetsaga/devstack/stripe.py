@@ -103,10 +103,13 @@ def _serve(port: int, store_path: Path | None) -> None:
 
     # localstripe's own, less the full pickle of every write (its middleware marks each
     # write request, objects changed in place included).
-    def setitem(store: dict[str, Any], key: str, value: Any) -> None:
-        dict.__setitem__(store, key, value)
+    def index(key: str, value: Any) -> None:
         if (kind := _kind(key)) is not None:
             by_kind.setdefault(kind, {})[key] = value
+
+    def setitem(store: dict[str, Any], key: str, value: Any) -> None:
+        dict.__setitem__(store, key, value)
+        index(key, value)
 
     def delitem(store: dict[str, Any], key: str) -> None:
         dict.__delitem__(store, key)
@@ -134,8 +137,7 @@ def _serve(port: int, store_path: Path | None) -> None:
         with store_path.open("rb") as f:
             dict.update(resources.store, pickle.load(f))
     for key, value in resources.store.items():
-        if (kind := _kind(key)) is not None:
-            by_kind.setdefault(kind, {})[key] = value
+        index(key, value)
 
     async def flusher(_app: web.Application) -> AsyncIterator[None]:
         nonlocal dirty
