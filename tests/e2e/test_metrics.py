@@ -188,6 +188,11 @@ def test_every_worker_reports_its_consumers_outbox_and_backlog(run: Run) -> None
             batches = value(samples, "handler_duration_seconds_count", durable=durable)
             assert batches is not None and 1 <= batches <= HANDLED[durable], durable
             assert value(samples, "handler_duration_seconds_sum", durable=durable) is not None
+            # Every message delivered is timed once, from its stream to its batch.
+            waited = value(samples, "message_wait_seconds_count", durable=durable)
+            assert waited == HANDLED[durable], durable
+            waited_s = value(samples, "message_wait_seconds_sum", durable=durable)
+            assert waited_s is not None and waited_s >= 0, durable
             assert value(samples, "jetstream_consumer_pending", durable=durable) == 0
             assert value(samples, "jetstream_consumer_ack_pending", durable=durable) == 0
 

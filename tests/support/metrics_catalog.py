@@ -146,6 +146,13 @@ _CATALOG: Final = (
         {"durable": ALL_DURABLES},
     ),
     Metric(
+        "message_wait_seconds",
+        "histogram",
+        _EVERY,
+        "Time from a message's storing in its stream to the start of the batch that handles it",
+        {"durable": ALL_DURABLES},
+    ),
+    Metric(
         "outbox_lag_seconds",
         "gauge",
         _EVERY,

@@ -1,4 +1,4 @@
-"""The delivery count read from a stream message's reply subject."""
+"""The delivery count and the storing time read from a stream message's reply subject."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from nats.aio.msg import Msg
 from nats.errors import NotJSMessageError
 
-from jetsaga.consumer import deliveries_of
+from jetsaga.consumer import ack_info, deliveries_of
 
 
 def _msg(reply: str) -> Msg:
@@ -23,12 +23,19 @@ def _msg(reply: str) -> Msg:
         ("$JS.ACK.hub.ACCHASH.ORDERS.inventory-service.2.18.16.1763820000000000000.0.r1", 2),
     ],
 )
-def test_reads_the_delivery_count_as_nats_py_does(reply: str, expected: int) -> None:
+def test_reads_the_delivery_count_and_storing_time_as_nats_py_does(
+    reply: str, expected: int
+) -> None:
     msg = _msg(reply)
     assert deliveries_of(msg) == expected == msg.metadata.num_delivered
+    delivered, stored_at = ack_info(msg)
+    assert delivered == expected
+    assert stored_at == msg.metadata.timestamp.timestamp() == 1763820000.0
 
 
 @pytest.mark.parametrize("reply", ["", "_INBOX.abc.1", "$JS.API.CONSUMER.MSG.NEXT.A.B.c.d"])
 def test_a_message_not_from_a_stream_is_refused(reply: str) -> None:
     with pytest.raises(NotJSMessageError):
         deliveries_of(_msg(reply))
+    with pytest.raises(NotJSMessageError):
+        ack_info(_msg(reply))
