@@ -180,11 +180,15 @@ class OutboxRelay:
         staged: list[Staged] = []
         token = _stage.set(staged)
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                yield conn
+            async with self._pool.acquire() as conn:
+                async with conn.transaction():
+                    yield conn
+                # Published before the connection goes back to the pool: asyncpg releases it
+                # in a task of its own, and waiting for that would hold every message of the
+                # batch for a turn of the event loop.
+                self.committed(staged)
         finally:
             _stage.reset(token)
-        self.committed(staged)
 
     @asynccontextmanager
     async def statements(self) -> AsyncIterator[asyncpg.Connection]:
@@ -195,10 +199,12 @@ class OutboxRelay:
         token = _stage.set(staged)
         try:
             async with self._pool.acquire() as conn:
-                yield conn
+                try:
+                    yield conn
+                finally:
+                    self.committed(staged)  # before the release, as in `transaction`
         finally:
             _stage.reset(token)
-            self.committed(staged)
 
     def committed(self, staged: Sequence[Staged]) -> None:
         """Hand over rows of a committed transaction, for publishing now."""

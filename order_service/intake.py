@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Mapping, Sequence
 
 import asyncpg
 
@@ -99,16 +100,21 @@ class IntakeWriter:
             try:
                 async with self._pool.acquire() as conn:
                     created = await store.create_orders(conn, [p.new for p in group])
+                    # Published and answered before the connection goes back to the pool,
+                    # which asyncpg does in a task of its own, a turn of the event loop later.
+                    self._committed(group, created)
             except Exception as exc:
                 for p in group:
                     if not p.done.done():
                         p.done.set_exception(exc)
-                continue
-            if self._relay is not None and created:
-                news = [p.new for p in group if p.new.order.order_id in created]
-                self._relay.committed(
-                    [Staged([created[n.order.order_id] for n in news], [n.created for n in news])]
-                )
-            for p in group:
-                if not p.done.done():
-                    p.done.set_result(p.new.order.order_id in created)
+
+    def _committed(self, group: Sequence[_Pending], created: Mapping[str, int]) -> None:
+        """Publish the `orders.created` of the group's new orders, and answer every POST."""
+        if self._relay is not None and created:
+            news = [p.new for p in group if p.new.order.order_id in created]
+            self._relay.committed(
+                [Staged([created[n.order.order_id] for n in news], [n.created for n in news])]
+            )
+        for p in group:
+            if not p.done.done():
+                p.done.set_result(p.new.order.order_id in created)

@@ -237,6 +237,35 @@ async def test_relay_publishes_a_committed_transactions_rows_from_memory(
     assert await relay.publish_ready() == 0
 
 
+async def test_relay_has_the_rows_before_their_connection_goes_back_to_the_pool(
+    bus: NATS, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # asyncpg releases a connection in a task of its own: rows handed over only after it
+    # would wait a turn of the event loop before their publish could start.
+    relay = outbox.OutboxRelay(pool, bus.jetstream())
+    current: list[asyncpg.Connection] = []
+    held: list[bool] = []
+    committed = relay.committed
+
+    def recording(staged: Sequence[outbox.Staged]) -> None:
+        try:
+            current[-1].is_closed()  # a released connection refuses every call
+            held.append(True)
+        except asyncpg.InterfaceError:
+            held.append(False)
+        committed(staged)
+
+    monkeypatch.setattr(relay, "committed", recording)
+    async with relay.transaction() as conn:
+        current.append(conn)
+        await outbox.enqueue(conn, [outbox.outgoing(created("early-1"))])
+    async with relay.statements() as conn:
+        current.append(conn)
+        await outbox.enqueue(conn, [outbox.outgoing(created("early-2"))])
+    assert held == [True, True]
+    assert await relay.publish_ready() == 2
+
+
 async def test_relay_stages_nothing_for_a_rolled_back_transaction(
     bus: NATS, pool: asyncpg.Pool
 ) -> None:
