@@ -97,8 +97,11 @@ class PaymentHandler:
 
     async def _round(self, deliveries: list[Delivery], earlier: set[str]) -> tuple[list[Work], int]:
         # No transaction: each statement stands alone (rows change under us only through
-        # compare-and-set on their version, which every writer checks).
-        async with self._pool.acquire() as conn:
+        # compare-and-set on their version, which every writer checks), so no lock is held
+        # across a gateway call. One pooled connection serves the whole round: asyncpg
+        # returns a connection to its pool in a task of its own, and each release would
+        # put a turn of the event loop before the next statement.
+        async with self._statements() as conn:
             # A command applied before has its row already: opening it again does nothing.
             rows, done = await store.open_payments(
                 conn,
@@ -107,28 +110,28 @@ class PaymentHandler:
                 [d.key for d in deliveries],
             )
             fresh = [d for d in deliveries if d.key not in done]
-        again = []
-        if len(fresh) < len(deliveries):
-            duplicates = [d for d in deliveries if d.key in done and d.key not in earlier]
-            again = rounds.reanswers(duplicates, rows)
-            # A re-answer has the first answer's Nats-Msg-Id (its subject and orderId), so
-            # JetStream drops it inside its duplicate window and stores it after.
-            if again:
-                async with self._statements() as conn:
+            again = []
+            if len(fresh) < len(deliveries):
+                duplicates = [d for d in deliveries if d.key in done and d.key not in earlier]
+                again = rounds.reanswers(duplicates, rows)
+                # A re-answer has the first answer's Nats-Msg-Id (its subject and orderId),
+                # so JetStream drops it inside its duplicate window and stores it after.
+                if again:
                     await outbox.enqueue(
                         conn, [outbox.outgoing(a, d.msg_id, d.traceparent) for d, a in again]
                     )
-        for delivery, _ in again:
-            log.info("duplicate answered again", extra=_fields(delivery, "re-answered"))
-        works = [Work(d, rows[d.message.order_id]) for d in fresh]
-        await self._charge([w for w in works if rules.step(w.command, w.row) is Step.CHARGE])
-        await self._each(
-            lambda w: flows.advance(self._gw, w),
-            [w for w in works if w.outcome is None and not w.redo and w.error is None],
-        )
-        return works, len(deliveries) - len(fresh) + await self._commit(works)
+            for delivery, _ in again:
+                log.info("duplicate answered again", extra=_fields(delivery, "re-answered"))
+            works = [Work(d, rows[d.message.order_id]) for d in fresh]
+            charging = [w for w in works if rules.step(w.command, w.row) is Step.CHARGE]
+            await self._charge(conn, charging)
+            await self._each(
+                lambda w: flows.advance(self._gw, w),
+                [w for w in works if w.outcome is None and not w.redo and w.error is None],
+            )
+            return works, len(deliveries) - len(fresh) + await self._commit(conn, works)
 
-    async def _charge(self, charging: list[Work]) -> None:
+    async def _charge(self, conn: asyncpg.Connection, charging: list[Work]) -> None:
         """Create intents, then record them before anything may confirm them."""
         await self._each(lambda w: flows.create(self._gw, w), charging)
         made = sorted(  # order id order: concurrent batches lock rows in one order
@@ -137,12 +140,11 @@ class PaymentHandler:
         )
         if not made:
             return
-        async with self._pool.acquire() as conn:  # one statement: no transaction needed
-            recorded = await store.record_intents(
-                conn, [(w.row.order_id, w.row.version, i.id) for w, i in made]
-            )
-            lost = [(w, i) for w, i in made if w.row.order_id not in recorded]
-            now = await store.load(conn, [w.row.order_id for w, _ in lost]) if lost else {}
+        recorded = await store.record_intents(  # one statement: no transaction needed
+            conn, [(w.row.order_id, w.row.version, i.id) for w, i in made]
+        )
+        lost = [(w, i) for w, i in made if w.row.order_id not in recorded]
+        now = await store.load(conn, [w.row.order_id for w, _ in lost]) if lost else {}
         for w, _ in made:
             w.row = recorded.get(w.row.order_id, w.row)
             w.redo = w.row.order_id not in recorded
@@ -153,16 +155,15 @@ class PaymentHandler:
             *(flows.cancel_stray(self._gw, w.row.order_id, i.id) for w, i in strays)
         )
 
-    async def _commit(self, works: list[Work]) -> int:
+    async def _commit(self, conn: asyncpg.Connection, works: list[Work]) -> int:
         """Write outcomes, claim the inbox and enqueue answers in one statement; returns how
         many commands turned out to be duplicates."""
         if not works:
             return 0
         at = datetime.now(UTC)
-        async with self._statements() as conn:
-            applied, claimed = await store.settle(
-                conn, rounds.changes(works), at, CONSUMER, rounds.claims(works, at)
-            )
+        applied, claimed = await store.settle(
+            conn, rounds.changes(works), at, CONSUMER, rounds.claims(works, at)
+        )
         changed, duplicates = rounds.written(works, applied, claimed, at)
         for w in changed:
             metrics.outcome(w.row.status)
