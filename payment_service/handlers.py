@@ -49,8 +49,9 @@ class PaymentHandler:
         concurrency: int = 32,
         statements: outbox.Statements | None = None,
     ) -> None:
-        self._pool, self._gw = pool, gateway
-        # Every write of the handler is one statement: no transaction is ever opened.
+        self._gw = gateway
+        # Every write of the handler is one statement: no transaction is ever opened. A
+        # round's statements share the one connection this gives.
         self._statements = statements or pool.acquire
         self._limit = asyncio.Semaphore(concurrency)
         self._busy = 0
