@@ -18,7 +18,11 @@ in a received block) takes nats-py's own path, so the wire and the errors stay n
 A flush also writes out the commands buffered before it; nats-py's can be answered before
 the server has seen them (`Client.flush`).
 
-These rest on nats-py's internal `_process_msg`, `_send_publish` and `_flush_pending` (2.16);
+A publisher that wants its bytes on the wire before its next await (the outbox relay, right
+after a commit) writes them itself (`write_now`), instead of waiting for nats-py's flusher.
+
+These rest on nats-py's internal `_process_msg`, `_send_publish`, `_flush_pending` and the
+buffer and transport behind them (2.16);
 the integration tests run every worker through them.
 """
 
@@ -38,6 +42,7 @@ DirectHandler = Callable[[Msg], None]
 _PLAIN = b"NATS/1.0\r\n"  # a header block with no inline status
 _NAMES_KEPT = 64  # header names remembered, each way; others are checked each time
 _UNSEEN: Any = object()
+_WRITE_NOW_MAX = 256 * 1024  # bytes the socket may hold back before writes wait for drain
 
 
 def _header_name(raw: bytes) -> str | None:
@@ -74,6 +79,24 @@ class Client(_Client):
         if self.is_connected and self._pending_data_size:
             await self._flush_pending(force_flush=True)
         await super().flush(timeout)
+
+    def write_now(self) -> None:
+        """Write the buffered commands to the socket now. nats-py writes them from a flusher
+        task, which a publish wakes: a turn of the event loop later, after every callback
+        already due, and a busy worker's turns take milliseconds. The flusher still runs and
+        finds nothing left. While the socket is not taking what it was given, the buffer is
+        left to the flusher, which waits for the socket to drain."""
+        if not self._pending_data_size or not self.is_connected:
+            return
+        flusher = self._flusher_task
+        writer = getattr(self._transport, "_io_writer", None)  # nats-py's TCP transport
+        if flusher is None or flusher.done() or writer is None:
+            return
+        if writer.transport.get_write_buffer_size() > _WRITE_NOW_MAX:
+            return
+        writer.writelines(self._pending)
+        self._pending = []
+        self._pending_data_size = 0
 
     async def subscribe_direct(self, subject: str, handler: DirectHandler) -> Subscription:
         """Subscribe with a plain function called as each message arrives, in the read loop:
@@ -176,6 +199,13 @@ class Client(_Client):
             parts.append(b"\r\n")
         parts.append(b"\r\n")
         return b"".join(parts)
+
+
+def write_now(nc: _Client) -> None:
+    """`Client.write_now` on this client; any other nats-py client leaves its buffer to its
+    flusher task."""
+    if isinstance(nc, Client):
+        nc.write_now()
 
 
 async def subscribe(nc: _Client, subject: str, handler: DirectHandler) -> Subscription:

@@ -3,8 +3,10 @@ that causes them, and a relay publishes them to JetStream afterwards.
 
 The hot path never reads the outbox back: a writer opens its transaction with
 `relay.transaction()`, `enqueue` stages each row (its id and message) on that transaction,
-and once it commits the relay publishes the staged messages from memory, with all publishes
-in flight at once, and deletes their rows after every publish was acknowledged. A row whose
+and once it commits the committing task itself puts the staged messages on the wire, all in
+flight at once, before it gives its connection back: no turn of the event loop between a
+commit and its publish. The relay's task collects their acks and deletes the rows of the
+acknowledged ones. A row whose
 publish failed, or whose writer died before publishing, is still in the table: a backstop
 poll claims rows older than a few seconds with `FOR UPDATE SKIP LOCKED` (so replicas share
 the work) and publishes them the same way.
@@ -21,9 +23,10 @@ import asyncio
 import contextvars
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
@@ -31,7 +34,7 @@ from nats.js import JetStreamContext
 
 from jetsaga import contracts
 from jetsaga.metrics import OUTBOX_LAG
-from jetsaga.publisher import Publisher
+from jetsaga.publisher import Message, Publisher, Sending
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +163,13 @@ def unstaged(pool: asyncpg.Pool) -> Transaction:
     return transaction
 
 
+class _InFlight(NamedTuple):
+    committed_at: float  # monotonic
+    staged: list[Staged]
+    messages: list[Message]
+    sending: Sending
+
+
 class OutboxRelay:
     def __init__(self, pool: asyncpg.Pool, js: JetStreamContext) -> None:
         self._pool = pool
@@ -168,7 +178,7 @@ class OutboxRelay:
         self._publisher = Publisher(js._nc)
         self._timeout: float = js._timeout
         self._kick = asyncio.Event()
-        self._ready: list[tuple[float, Staged]] = []  # (commit time, rows), oldest first
+        self._sending: deque[_InFlight] = deque()  # published, acks still to collect
         self._published: list[int] = []  # ids whose rows are still to delete
         self._poll_due = 0.0  # monotonic time of the next backstop poll
         self._delete_due = 0.0  # monotonic time by which published rows are deleted
@@ -186,7 +196,7 @@ class OutboxRelay:
                 # Published before the connection goes back to the pool: asyncpg releases it
                 # in a task of its own, and waiting for that would hold every message of the
                 # batch for a turn of the event loop.
-                self.committed(staged)
+                await self.committed(staged)
         finally:
             _stage.reset(token)
 
@@ -202,16 +212,29 @@ class OutboxRelay:
                 try:
                     yield conn
                 finally:
-                    self.committed(staged)  # before the release, as in `transaction`
+                    await self.committed(staged)  # before the release, as in `transaction`
         finally:
             _stage.reset(token)
 
-    def committed(self, staged: Sequence[Staged]) -> None:
-        """Hand over rows of a committed transaction, for publishing now."""
-        if staged:
-            now = time.monotonic()
-            self._ready.extend((now, s) for s in staged if s.ids)
-            self._kick.set()
+    async def committed(self, staged: Sequence[Staged]) -> None:
+        """Publish the rows of a committed transaction now: their bytes are on the wire when
+        this returns, and the relay's task collects the acks. It does not wait for them,
+        and never raises: a row whose publish fails stays in the table for the poll."""
+        staged = [s for s in staged if s.ids]
+        if not staged:
+            return
+        messages = [
+            (m.subject, m.payload, _headers(m.msg_id, m.saga_id, m.causation_id, m.traceparent))
+            for s in staged
+            for m in s.messages
+        ]
+        try:
+            sending = await self._publisher.send(messages, self._timeout)
+        except Exception:
+            log.warning("outbox publish failed; the poll will retry", exc_info=True)
+            return
+        self._sending.append(_InFlight(time.monotonic(), staged, messages, sending))
+        self._kick.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0
@@ -248,27 +271,30 @@ class OutboxRelay:
             pass
 
     async def publish_ready(self) -> int:
-        """Publish the rows handed over by committed transactions. On failure they are
-        dropped from memory: their rows stay, for the backstop poll."""
-        if not self._ready:
-            return 0
-        ready, self._ready = self._ready, []
-        OUTBOX_LAG.set(time.monotonic() - ready[0][0])
-        messages = [m for _, staged in ready for m in staged.messages]
-        await self._publisher.publish_batch(
-            [
-                (m.subject, m.payload, _headers(m.msg_id, m.saga_id, m.causation_id, m.traceparent))
-                for m in messages
-            ],
-            self._timeout,
-        )
-        if not self._published:
-            self._delete_due = time.monotonic() + DELETE_EVERY_S
-        for _, staged in ready:
-            self._published.extend(staged.ids)
-        if not self._ready:
-            OUTBOX_LAG.set(0)
-        return len(messages)
+        """Collect the acks of what committed transactions published, oldest first, and mark
+        their rows for deletion; returns how many messages were acked. Rows of a failed
+        publish are dropped from memory, not from the table: the poll takes them (the first
+        failure is raised once all are collected)."""
+        acked = 0
+        failed: Exception | None = None
+        while self._sending:
+            flight = self._sending[0]
+            OUTBOX_LAG.set(time.monotonic() - flight.committed_at)
+            try:
+                await self._publisher.settle(flight.sending, flight.messages)
+            except Exception as exc:
+                failed = failed or exc
+            else:
+                if not self._published:
+                    self._delete_due = time.monotonic() + DELETE_EVERY_S
+                for staged in flight.staged:
+                    self._published.extend(staged.ids)
+                acked += len(flight.messages)
+            self._sending.popleft()
+        OUTBOX_LAG.set(0)
+        if failed is not None:
+            raise failed
+        return acked
 
     async def _delete_published(self) -> None:
         if not self._published:
@@ -301,7 +327,7 @@ class OutboxRelay:
                 min_age_s,
             )
             if not rows:
-                if not self._ready:
+                if not self._sending:
                     OUTBOX_LAG.set(0)
                 return 0
             OUTBOX_LAG.set(max(0.0, time.time() - float(rows[0]["created"])))

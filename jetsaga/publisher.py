@@ -86,6 +86,8 @@ class _Batch:
         self.errors: dict[int, BaseException] = {}
         self.remaining = size
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if size == 0:
+            self.done.set_result(None)
 
     def settle(self, index: int, ack: PubAck | None, error: BaseException | None) -> None:
         if error is not None:
@@ -95,6 +97,17 @@ class _Batch:
         self.remaining -= 1
         if self.remaining == 0 and not self.done.done():
             self.done.set_result(None)
+
+
+class Sending:
+    """A batch `Publisher.send` put on the wire, whose acks are still to come."""
+
+    __slots__ = ("batch", "deadline", "tokens")
+
+    def __init__(self, size: int, deadline: float) -> None:
+        self.batch = _Batch(size)
+        self.deadline = deadline  # event-loop time
+        self.tokens: list[str] = []
 
 
 class Publisher:
@@ -130,6 +143,62 @@ class Publisher:
         except nats.errors.Error as exc:
             batch.settle(index, None, exc)
 
+    async def send(
+        self,
+        messages: Sequence[Message],
+        timeout: float = 10.0,  # noqa: ASYNC109 - one deadline for the whole batch is the API
+    ) -> Sending:
+        """Put every message on the wire now, for `settle` to collect the acks later. The
+        bytes go to the socket before this returns (with this module's client), not a turn
+        of the event loop later from nats-py's flusher task. A message that cannot be sent
+        (closed connection, reconnect buffer full, bad header) is settled as failed at once.
+        (The first call on a closed client raises its `ConnectionClosedError`, as no reply
+        subscription can be made.)"""
+        prefix = await self._reply_prefix()
+        sending = Sending(len(messages), asyncio.get_running_loop().time() + timeout)
+        batch, tokens = sending.batch, sending.tokens
+        try:
+            async with asyncio.timeout_at(sending.deadline):
+                for index, (subject, payload, headers) in enumerate(messages):
+                    token = str(next(self._counter))
+                    self._pending[token] = (batch, index)
+                    tokens.append(token)
+                    try:
+                        await self._nc.publish(subject, payload, prefix + token, headers)
+                    except nats.errors.Error as exc:  # closed, reconnect buffer full, bad header
+                        del self._pending[token]
+                        batch.settle(index, None, exc)
+        except TimeoutError:
+            pass  # the unsent ones time out in `settle`
+        except BaseException:
+            self._forget(tokens)
+            raise
+        natsclient.write_now(self._nc)
+        return sending
+
+    async def settle(self, sending: Sending, messages: Sequence[Message]) -> list[PubAck]:
+        """The acks of a `send` of `messages`, in order; or `PublishFailed` once each is
+        acked, refused or past the send's deadline."""
+        batch = sending.batch
+        try:
+            async with asyncio.timeout_at(sending.deadline):
+                await batch.done
+        except TimeoutError:
+            for index in range(len(batch.acks)):
+                if batch.acks[index] is None and index not in batch.errors:
+                    batch.errors[index] = nats.errors.TimeoutError()
+        finally:
+            self._forget(sending.tokens)
+        if batch.errors:
+            failures = [(i, messages[i][0], messages[i][2].get(MSG_ID, ""), e)
+                        for i, e in sorted(batch.errors.items())]  # fmt: skip
+            raise PublishFailed(failures, len(messages))
+        return batch.acks  # type: ignore[return-value]  # all set: no errors, none missing
+
+    def _forget(self, tokens: list[str]) -> None:
+        for token in tokens:
+            self._pending.pop(token, None)
+
     async def publish_batch(
         self,
         messages: Sequence[Message],
@@ -140,33 +209,7 @@ class Publisher:
         on a closed client raises its `ConnectionClosedError` before sending anything.)"""
         if not messages:
             return []
-        prefix = await self._reply_prefix()
-        batch = _Batch(len(messages))
-        tokens: list[str] = []
-        try:
-            async with asyncio.timeout(timeout):
-                for index, (subject, payload, headers) in enumerate(messages):
-                    token = str(next(self._counter))
-                    self._pending[token] = (batch, index)
-                    tokens.append(token)
-                    try:
-                        await self._nc.publish(subject, payload, prefix + token, headers)
-                    except nats.errors.Error as exc:  # closed, reconnect buffer full, bad header
-                        del self._pending[token]
-                        batch.settle(index, None, exc)
-                await batch.done
-        except TimeoutError:
-            for index in range(len(messages)):
-                if batch.acks[index] is None and index not in batch.errors:
-                    batch.errors[index] = nats.errors.TimeoutError()
-        finally:
-            for token in tokens:
-                self._pending.pop(token, None)
-        if batch.errors:
-            failures = [(i, messages[i][0], messages[i][2].get(MSG_ID, ""), e)
-                        for i, e in sorted(batch.errors.items())]  # fmt: skip
-            raise PublishFailed(failures, len(messages))
-        return batch.acks  # type: ignore[return-value]  # all set: no errors, none missing
+        return await self.settle(await self.send(messages, timeout), messages)
 
     async def publish(
         self,

@@ -102,17 +102,17 @@ class IntakeWriter:
                     created = await store.create_orders(conn, [p.new for p in group])
                     # Published and answered before the connection goes back to the pool,
                     # which asyncpg does in a task of its own, a turn of the event loop later.
-                    self._committed(group, created)
+                    await self._committed(group, created)
             except Exception as exc:
                 for p in group:
                     if not p.done.done():
                         p.done.set_exception(exc)
 
-    def _committed(self, group: Sequence[_Pending], created: Mapping[str, int]) -> None:
+    async def _committed(self, group: Sequence[_Pending], created: Mapping[str, int]) -> None:
         """Publish the `orders.created` of the group's new orders, and answer every POST."""
         if self._relay is not None and created:
             news = [p.new for p in group if p.new.order.order_id in created]
-            self._relay.committed(
+            await self._relay.committed(
                 [Staged([created[n.order.order_id] for n in news], [n.created for n in news])]
             )
         for p in group:

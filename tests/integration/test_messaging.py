@@ -13,7 +13,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from jetsaga import config, contracts, deadletter, inbox, outbox, setup
+from jetsaga import config, contracts, deadletter, inbox, natsclient, outbox, setup
 from jetsaga.consumer import Delivery, TransientError
 from jetsaga.contracts import ConsumerSpec
 from jetsaga.deadletter import DeadLetters
@@ -247,13 +247,13 @@ async def test_relay_has_the_rows_before_their_connection_goes_back_to_the_pool(
     held: list[bool] = []
     committed = relay.committed
 
-    def recording(staged: Sequence[outbox.Staged]) -> None:
+    async def recording(staged: Sequence[outbox.Staged]) -> None:
         try:
             current[-1].is_closed()  # a released connection refuses every call
             held.append(True)
         except asyncpg.InterfaceError:
             held.append(False)
-        committed(staged)
+        await committed(staged)
 
     monkeypatch.setattr(relay, "committed", recording)
     async with relay.transaction() as conn:
@@ -264,6 +264,50 @@ async def test_relay_has_the_rows_before_their_connection_goes_back_to_the_pool(
         await outbox.enqueue(conn, [outbox.outgoing(created("early-2"))])
     assert held == [True, True]
     assert await relay.publish_ready() == 2
+
+
+async def test_a_commits_messages_are_on_the_wire_when_its_block_ends(
+    make_nats: Callable[[], NatsServer], pool: asyncpg.Pool
+) -> None:
+    # Not a turn of the event loop later, from the relay's task and then nats-py's flusher:
+    # in a busy worker each turn is a millisecond or more, on every hop of a saga.
+    server = make_nats()
+    await setup.apply(config.Settings(nats_url=server.url), out=lambda _: None)
+    nc = await natsclient.connect(server.url)
+    relay = outbox.OutboxRelay(pool, nc.jetstream())
+    async with relay.transaction() as conn:
+        await outbox.enqueue(conn, [outbox.outgoing(created("prompt-1"))])
+    assert nc._pending_data_size == 0 and not nc._pending  # nothing left for the flusher
+    async with relay.statements() as conn:
+        await outbox.enqueue(conn, [outbox.outgoing(created("prompt-2"))])
+        await outbox.enqueue(conn, [outbox.outgoing(created("prompt-3"))])
+    assert nc._pending_data_size == 0 and not nc._pending
+
+    async def stored() -> bool:
+        return (await nc.jsm().stream_info("ORDERS")).state.messages == 3
+
+    await wait_until(stored, message="published with no relay task running")
+    assert await relay.publish_ready() == 3  # the acks, collected by the relay
+    await relay.flush()
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    await nc.close()
+    server.stop()
+
+
+async def test_a_commit_on_a_closed_connection_keeps_its_rows_for_the_poll(
+    make_nats: Callable[[], NatsServer], pool: asyncpg.Pool
+) -> None:
+    server, nc, relay = await relay_on_own_nats(make_nats, pool)
+    await nc.close()
+    async with relay.transaction() as conn:  # the commit stands, and nothing is raised
+        await outbox.enqueue(conn, [outbox.outgoing(created("closed-1"))])
+    assert await relay.publish_ready() == 0
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
+    nc = await nats.connect(server.url)
+    assert await outbox.OutboxRelay(pool, nc.jetstream()).publish_batch() == 1
+    assert (await nc.jsm().stream_info("ORDERS")).state.messages == 1
+    await nc.close()
+    server.stop()
 
 
 async def test_relay_stages_nothing_for_a_rolled_back_transaction(

@@ -12,7 +12,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import errors as js_errors
 
-from jetsaga import config, contracts, setup
+from jetsaga import config, contracts, natsclient, setup
 from jetsaga.devstack.nats import NatsServer
 from jetsaga.publisher import Message, Publisher, PublishFailed
 from tests.support.waiting import wait_until
@@ -52,6 +52,27 @@ async def test_concurrent_batches_share_one_reply_subscription(bus: NATS) -> Non
     assert sorted(a.seq for acks in results for a in acks) == list(range(1, 201))
     assert len(bus._subs) == subs_before + 1
     assert publisher.pending == 0
+
+
+async def test_send_leaves_nothing_for_the_flusher_and_settle_collects_the_acks(
+    make_nats: Callable[[], NatsServer],
+) -> None:
+    server = make_nats()
+    await setup.apply(config.Settings(nats_url=server.url), out=lambda _: None)
+    nc = await natsclient.connect(server.url)
+    publisher = Publisher(nc)
+    batch = [message() for _ in range(5)]
+
+    sending = await publisher.send(batch)
+
+    assert nc._pending_data_size == 0 and not nc._pending  # written, not left to the flusher
+    assert publisher.pending == 5
+    acks = await publisher.settle(sending, batch)
+    assert [a.seq for a in acks] == [1, 2, 3, 4, 5]
+    assert publisher.pending == 0
+    assert await publisher.settle(await publisher.send([]), []) == []
+    await nc.close()
+    server.stop()
 
 
 async def test_repeated_message_id_is_acked_as_duplicate(bus: NATS) -> None:
