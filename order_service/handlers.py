@@ -3,8 +3,11 @@
 A batch takes two statements and holds no lock between them: read its sagas and which of
 its messages were applied before, run the pure `transition` for each new event, then write
 states, history, outgoing messages and inbox claims in one statement, each saga only if it
-has not changed since it was read. An event whose saga changed meanwhile (the other
-consumer, another replica, the sweep) is decided again from the saga's new state. The
+has not changed since it was read and none of its messages was applied before. An event
+whose saga was not written (changed meanwhile by the other consumer, another replica or the
+sweep, or a redelivery) is decided again from a fresh read. Sagas this worker wrote last
+are taken from its cache (`order_service.cache`) instead of read, which leaves one
+statement for a batch whose sagas all are. The
 timeout sweep locks sagas whose deadline passed, with `SKIP LOCKED`, so that every replica
 sweeps without two of them firing one timeout, and saves them the same way.
 """
@@ -24,6 +27,7 @@ from jetsaga.consumer import Delivery, Handler, PermanentError, TransientError
 from jetsaga.outbox import OutboxRelay, Outgoing
 from jetsaga.waits import pause
 from order_service import metrics, store
+from order_service.cache import SagaCache
 from order_service.saga import Context, Decision, Event, SagaStatus, Timeout, transition
 
 log = logging.getLogger(__name__)
@@ -90,10 +94,17 @@ def observe(changes: Sequence[Change], now: float) -> None:
 
 
 class Coordinator:
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, relay: OutboxRelay) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        relay: OutboxRelay,
+        cache: SagaCache | None = None,
+    ) -> None:
         self._pool = pool
         self._settings = settings
         self._relay = relay
+        self._cache = cache if cache is not None else SagaCache()
 
     def _ctx(self, now: float) -> Context:
         return Context(now=now, payment_timeout_s=self._settings.payment_timeout_s)
@@ -101,8 +112,9 @@ class Coordinator:
     def handler(self, durable: str) -> Handler:
         async def handle(batch: Sequence[Delivery]) -> int:
             pending, duplicates = list(batch), 0
-            for _ in range(MAX_ROUNDS):
-                applied, redo = await self._round(durable, pending)
+            for round_ in range(MAX_ROUNDS):
+                # Sagas changed under a round are decided again from a fresh read.
+                applied, redo = await self._round(durable, pending, cached=round_ == 0)
                 duplicates += len(pending) - applied - len(redo)
                 if not redo:
                     return duplicates
@@ -111,29 +123,70 @@ class Coordinator:
 
         return handle
 
-    async def _round(self, durable: str, batch: Sequence[Delivery]) -> tuple[int, list[Delivery]]:
-        """Apply a batch, or what of it can be, with no lock held: read the sagas and the
-        inbox, decide, and write each saga only if it did not change meanwhile. Returns how
+    async def _round(
+        self, durable: str, batch: Sequence[Delivery], *, cached: bool
+    ) -> tuple[int, list[Delivery]]:
+        """Apply a batch, or what of it can be, with no lock held: take the sagas from the
+        cache (`cached`) or read them with the inbox, decide, and write each saga only if it
+        did not change meanwhile and none of its messages was applied before. Returns how
         many messages were applied (their key claimed now, or their saga written), and the
-        messages whose saga changed under them, to decide again from its new state."""
+        messages whose saga was not written, to decide again from a fresh read."""
         now = time.time()
-        async with self._relay.statements() as conn:
-            seen, sagas = await store.read(
-                conn, durable, [d.key for d in batch], [d.message.order_id for d in batch]
-            )
-            fresh = inbox.first_fresh(batch, {d.key for d in batch} - seen)
-            events = ((d.message, d.msg_id, d.traceparent) for d in fresh)
-            changes, out = decide(sagas, events, self._ctx(now))
-            changing = {stored.saga.order_id for stored, _ in changes}
-            claims = [
-                (d.key, d.message.order_id if d.message.order_id in changing else None)
-                for d in fresh
-            ]
-            written, claimed = await store.save(conn, changes, now, out, durable, claims)
+        sagas: dict[str, store.StoredSaga] = {}
+        unknown = batch
+        if cached:
+            unknown = []
+            for d in batch:
+                if (hit := self._cache.get(d.message.order_id)) is not None:
+                    sagas[hit.saga.order_id] = hit
+                else:
+                    unknown.append(d)
+        hits = set(sagas)
+        order_ids = {d.message.order_id for d in batch}
+        try:
+            async with self._relay.statements() as conn:
+                seen: set[str] = set()
+                if unknown:
+                    seen, read = await store.read(
+                        conn,
+                        durable,
+                        [d.key for d in unknown],
+                        [d.message.order_id for d in unknown],
+                    )
+                    sagas.update(read)
+                fresh = inbox.first_fresh(batch, {d.key for d in batch} - seen)
+                events = ((d.message, d.msg_id, d.traceparent) for d in fresh)
+                changes, out = decide(sagas, events, self._ctx(now))
+                changing = {stored.saga.order_id for stored, _ in changes}
+                # A message that changes nothing on a cached saga may have met a stale entry
+                # (a step another replica wrote): it is not claimed, but decided again from
+                # a fresh read. A written saga proves its entry was current, so the messages
+                # merged into its change are claimed with it.
+                unsure = hits - changing
+                claims = [
+                    (d.key, d.message.order_id if d.message.order_id in changing else None)
+                    for d in fresh
+                    if d.message.order_id not in unsure
+                ]
+                written, claimed = await store.save(conn, changes, now, out, durable, claims)
+        except BaseException:
+            self._cache.drop(order_ids)  # a write may or may not have committed
+            raise
+        self._cache.drop(unsure)
+        self._remember(changes, written)
         observe([change for change in changes if change[0].saga.order_id in written], now)
-        redo = [d for d in fresh if d.message.order_id in changing - written]
+        redo = [d for d in fresh if d.message.order_id in (changing - written) | unsure]
         applied = sum(d.key in claimed or d.message.order_id in written for d in fresh)
         return applied, redo
+
+    def _remember(self, changes: Sequence[Change], written: set[str]) -> None:
+        for stored, decision in changes:
+            order_id = decision.saga.order_id
+            if order_id in written:
+                steps = stored.steps + len(decision.history)
+                self._cache.put(store.StoredSaga(decision.saga, steps))
+            else:
+                self._cache.drop((order_id,))
 
     async def sweep_once(self) -> int:
         """Fire the timeouts that are due; returns how many sagas were examined."""
@@ -142,7 +195,12 @@ class Coordinator:
             locked = await store.lock_due_sagas(conn, now, SWEEP_BATCH)
             events = ((Timeout(order_id), f"timeout:{order_id}", None) for order_id in locked)
             changes, out = decide(locked, events, self._ctx(now))
-            await store.save(conn, changes, now, out)  # locked: every one is written
+            try:
+                written, _ = await store.save(conn, changes, now, out)  # locked: all written
+            except BaseException:
+                self._cache.drop(locked)
+                raise
+        self._remember(changes, written)
         if out:
             log.info("timeouts fired", extra={"count": len(changes)})
         observe(changes, now)

@@ -26,6 +26,7 @@ import asyncpg
 from jetsaga.outbox import OutboxRelay, Staged
 from jetsaga.waits import either
 from order_service import store
+from order_service.cache import SagaCache
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,11 @@ class IntakeWriter:
         relay: OutboxRelay | None = None,
         writers: int = 1,
         linger: float = LINGER_S,
+        cache: SagaCache | None = None,
     ) -> None:
         self._pool = pool
         self._relay = relay  # publishes each committed `orders.created` at once
+        self._cache = cache  # the coordinator's: the sagas started here
         self._queue: deque[_Pending] = deque()
         self._wake = asyncio.Event()
         self._writers = writers
@@ -110,8 +113,11 @@ class IntakeWriter:
 
     async def _committed(self, group: Sequence[_Pending], created: Mapping[str, int]) -> None:
         """Publish the `orders.created` of the group's new orders, and answer every POST."""
-        if self._relay is not None and created:
-            news = [p.new for p in group if p.new.order.order_id in created]
+        news = [p.new for p in group if p.new.order.order_id in created]
+        if self._cache is not None:
+            for n in news:
+                self._cache.put(store.StoredSaga(n.first.saga, store.FIRST_STEPS))
+        if self._relay is not None and news:
             await self._relay.committed(
                 [Staged([created[n.order.order_id] for n in news], [n.created for n in news])]
             )

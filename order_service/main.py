@@ -9,6 +9,7 @@ from jetsaga import runtime
 from jetsaga.config import Settings
 from jetsaga.contracts import CONSUMERS_BY_DURABLE
 from order_service import api
+from order_service.cache import SagaCache
 from order_service.handlers import Coordinator
 from order_service.intake import IntakeWriter
 
@@ -16,8 +17,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 async def wire(rt: runtime.Runtime) -> runtime.Parts:
-    coordinator = Coordinator(rt.pool, rt.settings, rt.relay)
-    intake = IntakeWriter(rt.pool, rt.relay)
+    cache = SagaCache()  # sagas as this worker wrote them: intake starts them
+    coordinator = Coordinator(rt.pool, rt.settings, rt.relay, cache)
+    intake = IntakeWriter(rt.pool, rt.relay, cache=cache)
     return runtime.Parts(
         consumers=[
             (CONSUMERS_BY_DURABLE[d], coordinator.handler(d))

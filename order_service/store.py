@@ -52,6 +52,9 @@ def ts(epoch: float | None) -> datetime.datetime | None:
     return None if epoch is None else datetime.datetime.fromtimestamp(epoch, datetime.UTC)
 
 
+FIRST_STEPS = 1  # a saga starts with one history record (`_CREATE`)
+
+
 class StoredSaga(msgspec.Struct, frozen=True):
     saga: Saga
     # History records so far. Every change of a saga adds at least one (the saga's unit
@@ -174,9 +177,11 @@ async def lock_due_sagas(conn: asyncpg.Connection, now: float, limit: int) -> di
     return {r["order_id"]: StoredSaga(decode_state(r["state"]), r["steps"]) for r in rows}
 
 
-# Each saga is written only if it still has the steps it was read with ($23); its history,
-# the end of its order and its messages only if it was. An inbox key ($25) is claimed if
-# the saga its message changed ($26) was written, or if its message changed nothing (NULL).
+# Each saga is written only if it still has the steps it was read with ($23) and none of
+# the messages that changed it ($25 with $26) was applied before (the caller may not have
+# read the inbox); its history, the end of its order and its messages only if it was. An
+# inbox key is claimed if the saga its message changed was written, or if its message
+# changed nothing (NULL).
 _SAVE = f"""
 WITH s AS (
     UPDATE sagas SET status = u.status, state = u.state, deadline = u.deadline, steps = u.steps,
@@ -188,6 +193,10 @@ WITH s AS (
                 $23::int[])
          AS u(order_id, status, state, deadline, steps, terminal, was)
     WHERE sagas.order_id = u.order_id AND sagas.steps = u.was
+        AND u.order_id NOT IN (
+            SELECT c.o FROM unnest($25::text[], $26::text[]) AS c (k, o)
+            JOIN processed_messages p ON p.consumer = $24 AND p.msg_key = c.k
+            WHERE c.o IS NOT NULL)
     RETURNING sagas.order_id
 ), h AS (
     INSERT INTO saga_history (order_id, seq, at, saga_status, event, detail)
@@ -228,11 +237,11 @@ async def save(
     messages and the inbox claims, in one statement (so in one transaction of its own if
     the caller has none open).
 
-    A saga is written only if it still has the steps it was read with, and with it its
-    history, its order's end and the messages it emits (those whose saga id is its order
-    id). A claim (key, order id) is claimed only if that saga was written; (key, None),
-    of a message that changed nothing, in any case. Returns the order ids of the sagas
-    written and the keys claimed now.
+    A saga is written only if it still has the steps it was read with and no message of
+    a claim naming it was applied before, and with it its history, its order's end and the
+    messages it emits (those whose saga id is its order id). A claim (key, order id) is
+    claimed only if that saga was written; (key, None), of a message that changed nothing,
+    in any case. Returns the order ids of the sagas written and the keys claimed now.
     """
     if not changes and not out and not claims:
         return set(), set()

@@ -17,6 +17,7 @@ from jetsaga.config import Settings
 from jetsaga.consumer import Delivery
 from jetsaga.outbox import OutboxRelay, outgoing
 from order_service import handlers, main, store
+from order_service.cache import SagaCache
 from order_service.intake import IntakeWriter
 from order_service.saga import Context, SagaStatus, Timeout, start
 from tests.support.bus import bus
@@ -224,15 +225,22 @@ async def test_an_event_whose_saga_changed_under_it_is_decided_again_from_the_ne
     assert seen == {event.key}
 
 
+@pytest.mark.parametrize("cached", [False, True], ids=["read", "both-cached"])
 async def test_replicas_handling_the_same_events_at_once_apply_each_once(
-    pool: asyncpg.Pool, bus: NATS
+    pool: asyncpg.Pool, bus: NATS, cached: bool
 ) -> None:
     group = [new_order() for _ in range(30)]
     async with pool.acquire() as conn:
         await store.create_orders(conn, group)
     relay = OutboxRelay(pool, bus.jetstream())
-    replicas = [handlers.Coordinator(pool, Settings(), relay).handler("order-service-inventory")
-                for _ in range(2)]  # fmt: skip
+    caches = [SagaCache() for _ in range(2)]
+    for cache in caches if cached else []:  # each replica believes it started every saga
+        for order in group:
+            cache.put(store.StoredSaga(order.first.saga, store.FIRST_STEPS))
+    replicas = [
+        handlers.Coordinator(pool, Settings(), relay, cache).handler("order-service-inventory")
+        for cache in caches
+    ]
     events = []
     for order in group:
         reserved = contracts.InventoryReserved(order_id=order.order.order_id, reservation_id="r",
@@ -252,3 +260,118 @@ async def test_replicas_handling_the_same_events_at_once_apply_each_once(
         )
     assert {(r["status"], r["steps"]) for r in sagas} == {("PAYMENT_PROCESSING", 3)}
     assert history == 3 * len(group) and requests == len(group)
+
+
+def delivery_of(event: contracts.AnyMessage) -> Delivery:
+    subject = contracts.subject_of(event)
+    return Delivery(subject, event, contracts.message_id(subject, event.order_id), 1)
+
+
+def reserved_for(order: store.NewOrder) -> contracts.InventoryReserved:
+    return contracts.InventoryReserved(order_id=order.order.order_id, reservation_id="r-1",
+                                       items=order.order.items, expires_at="x")  # fmt: skip
+
+
+def counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    reads: list[int] = []
+    read = store.read
+
+    async def counted(conn: asyncpg.Connection, *args: object) -> object:
+        reads.append(1)
+        return await read(conn, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "read", counted)
+    return reads
+
+
+async def test_sagas_this_worker_started_and_advanced_are_not_read_back(
+    pool: asyncpg.Pool, bus: NATS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = SagaCache()
+    relay = OutboxRelay(pool, bus.jetstream())
+    writer = IntakeWriter(pool, relay, cache=cache)
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    order = new_order()
+    order_id = order.order.order_id
+    assert await writer.create(order)
+    stop.set()
+    await task
+    coordinator = handlers.Coordinator(pool, Settings(), relay, cache)
+    reads = counting_reads(monkeypatch)
+    succeeded = contracts.PaymentSucceeded(order_id=order_id, payment_id="p-1", amount=500,
+                                           stripe_payment_intent_id="pi_1")  # fmt: skip
+
+    assert (
+        await coordinator.handler("order-service-inventory")([delivery_of(reserved_for(order))])
+        == 0
+    )
+    assert await coordinator.handler("order-service-payment")([delivery_of(succeeded)]) == 0
+
+    assert reads == []  # each batch was one statement
+    assert cache.get(order_id) is None  # ended: not kept
+    async with pool.acquire() as conn:
+        view = await store.get_order(conn, order_id)
+        subjects = [r["subject"] for r in await conn.fetch("SELECT subject FROM outbox")]
+    assert view is not None and view.status == "CONFIRMED" and view.saga_status == "COMPLETED"
+    assert subjects == ["orders.created", "payments.process_request", "orders.confirmed"]
+    # A late redelivery of the first event finds no entry: read, seen, not applied again.
+    assert (
+        await coordinator.handler("order-service-inventory")([delivery_of(reserved_for(order))])
+        == 1
+    )
+    assert reads == [1]
+
+
+async def test_a_cached_saga_is_not_written_for_a_message_applied_before(
+    pool: asyncpg.Pool, bus: NATS
+) -> None:
+    # The cache knows the saga but not the inbox: a message another replica applied (here,
+    # claimed without a change) would change the cached state. The write refuses it, and
+    # the round after it reads the inbox and drops the message.
+    order = new_order()
+    order_id = order.order.order_id
+    async with pool.acquire() as conn:
+        await store.create_orders(conn, [order])
+    cache = SagaCache()
+    cache.put(store.StoredSaga(order.first.saga, store.FIRST_STEPS))
+    event = delivery_of(reserved_for(order))
+    await pool.execute(
+        "INSERT INTO processed_messages (consumer, msg_key) VALUES ($1, $2)",
+        "order-service-inventory", event.key,
+    )  # fmt: skip
+    coordinator = handlers.Coordinator(pool, Settings(), OutboxRelay(pool, bus.jetstream()), cache)
+
+    assert await coordinator.handler("order-service-inventory")([event]) == 1  # a duplicate
+
+    async with pool.acquire() as conn:
+        view = await store.get_order(conn, order_id)
+        subjects = [r["subject"] for r in await conn.fetch("SELECT subject FROM outbox")]
+    assert view is not None and view.saga_status == "STARTED" and len(view.history) == 1
+    assert subjects == ["orders.created"]
+    assert cache.get(order_id) is None  # not written: forgotten until read again
+
+
+async def test_a_cache_behind_the_database_costs_a_round_not_a_wrong_write(
+    pool: asyncpg.Pool, bus: NATS
+) -> None:
+    order = new_order()
+    order_id = order.order.order_id
+    async with pool.acquire() as conn:
+        await store.create_orders(conn, [order])
+    relay = OutboxRelay(pool, bus.jetstream())
+    ahead = handlers.Coordinator(pool, Settings(), relay)  # another replica
+    assert await ahead.handler("order-service-inventory")([delivery_of(reserved_for(order))]) == 0
+    behind = SagaCache()
+    behind.put(store.StoredSaga(order.first.saga, store.FIRST_STEPS))  # still STARTED here
+    failed = contracts.PaymentFailed(order_id=order_id, reason="card_declined", timestamp="x")
+    coordinator = handlers.Coordinator(pool, Settings(), relay, behind)
+
+    assert await coordinator.handler("order-service-payment")([delivery_of(failed)]) == 0
+
+    async with pool.acquire() as conn:
+        view = await store.get_order(conn, order_id)
+    assert view is not None and view.saga_status == "COMPENSATING"  # from PAYMENT_PROCESSING
+    assert [h.saga_status for h in view.history][-1] == "COMPENSATING"
+    entry = behind.get(order_id)
+    assert entry is not None and entry.steps == len(view.history)
