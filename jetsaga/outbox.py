@@ -277,7 +277,9 @@ class OutboxRelay:
         failure is raised once all are collected)."""
         acked = 0
         failed: Exception | None = None
-        while self._sending:
+        # Only those sent so far: under steady load more keep coming, and the caller's
+        # deletes and poll must get their turn.
+        for _ in range(len(self._sending)):
             flight = self._sending[0]
             OUTBOX_LAG.set(time.monotonic() - flight.committed_at)
             try:
@@ -291,7 +293,7 @@ class OutboxRelay:
                     self._published.extend(staged.ids)
                 acked += len(flight.messages)
             self._sending.popleft()
-        OUTBOX_LAG.set(0)
+        OUTBOX_LAG.set(time.monotonic() - self._sending[0].committed_at if self._sending else 0)
         if failed is not None:
             raise failed
         return acked

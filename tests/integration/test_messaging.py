@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -292,6 +293,31 @@ async def test_a_commits_messages_are_on_the_wire_when_its_block_ends(
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
     await nc.close()
     server.stop()
+
+
+async def test_collecting_acks_ends_with_what_was_sent_when_it_began(
+    bus: NATS, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under steady load commits keep coming while acks are collected; the relay's deletes
+    # and its poll come after each collection, so it must not chase the newest commit.
+    relay = outbox.OutboxRelay(pool, bus.jetstream())
+    settle = relay._publisher.settle
+    more = iter(range(1))
+
+    async def settle_and_commit_again(*args: Any) -> Any:
+        acks = await settle(*args)
+        if (n := next(more, None)) is not None:
+            async with relay.transaction() as conn:
+                await outbox.enqueue(conn, [outbox.outgoing(created(f"more-{n}"))])
+        return acks
+
+    monkeypatch.setattr(relay._publisher, "settle", settle_and_commit_again)
+    async with relay.transaction() as conn:
+        await outbox.enqueue(conn, [outbox.outgoing(created("first"))])
+    assert await relay.publish_ready() == 1
+    assert await relay.publish_ready() == 1  # the one committed during the first call
+    await relay.flush()
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
 
 
 async def test_a_commit_on_a_closed_connection_keeps_its_rows_for_the_poll(
