@@ -230,8 +230,9 @@ class OutboxRelay:
         ]
         try:
             sending = await self._publisher.send(messages, self._timeout)
-        except Exception:
-            log.warning("outbox publish failed; the poll will retry", exc_info=True)
+        except Exception as exc:
+            log.warning("outbox publish failed; the backstop poll will retry",
+                        extra={"error": repr(exc)})  # fmt: skip
             return
         self._sending.append(_InFlight(time.monotonic(), staged, messages, sending))
         self._kick.set()

@@ -1,15 +1,14 @@
 """The saga execution coordinator: applies events and timeouts to sagas.
 
-A batch takes two statements and holds no lock between them: read its sagas and which of
-its messages were applied before, run the pure `transition` for each new event, then write
-states, history, outgoing messages and inbox claims in one statement, each saga only if it
-has not changed since it was read and none of its messages was applied before. An event
-whose saga was not written (changed meanwhile by the other consumer, another replica or the
-sweep, or a redelivery) is decided again from a fresh read. Sagas this worker wrote last
-are taken from its cache (`order_service.cache`) instead of read, which leaves one
-statement for a batch whose sagas all are. The
-timeout sweep locks sagas whose deadline passed, with `SKIP LOCKED`, so that every replica
-sweeps without two of them firing one timeout, and saves them the same way.
+A batch holds no lock. It takes its sagas as this worker last wrote them (its cache,
+`order_service.cache`) or, for those it does not hold, reads them together with which of
+its messages were applied before; runs the pure `transition` for each new event; then
+writes states, history, outgoing messages and inbox claims in one statement, each saga only
+if it has not changed since and none of its messages was applied before. An event whose
+saga was not written (changed meanwhile by the other consumer, another replica or the
+sweep, or a redelivery) is decided again from a fresh read. The timeout sweep locks sagas
+whose deadline passed, with `SKIP LOCKED`, so that every replica sweeps without two of them
+firing one timeout, and saves them the same way.
 """
 
 from __future__ import annotations
