@@ -142,6 +142,9 @@ class Coordinator:
                     unknown.append(d)
         hits = set(sagas)
         order_ids = {d.message.order_id for d in batch}
+        if cached:
+            metrics.CACHE_LOOKUPS.labels("hit").inc(len(hits))
+            metrics.CACHE_LOOKUPS.labels("miss").inc(len(order_ids) - len(hits))
         try:
             async with self._relay.statements() as conn:
                 seen: set[str] = set()

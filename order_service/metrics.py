@@ -33,7 +33,14 @@ OLDEST_IN_FLIGHT = Gauge(
     "saga_oldest_in_flight_age_seconds", "Age of the oldest saga not yet ended (0 if none)"
 )
 ORDERS_RECEIVED = Counter("orders_received", "POST /orders by result", ["result"])
+CACHE_LOOKUPS = Counter(
+    "saga_cache_lookups",
+    "Sagas a coordinator batch took from this worker's cache (hit) or read (miss)",
+    ["result"],
+)
 
+for _result in ("hit", "miss"):
+    CACHE_LOOKUPS.labels(_result)
 for _outcome in ("completed", "compensated", "failed"):
     DURATION.labels(_outcome)
     ENDED.labels(_outcome)

@@ -162,6 +162,10 @@ def test_order_metrics_match_ten_orders_of_which_two_were_declined(run: Run) -> 
     assert value(order, "saga_in_flight") == 0
     assert value(order, "saga_oldest_in_flight_age_seconds") == 0
     assert value(order, "orders_received_total", result="created") == PAID + DECLINED
+    # One order worker started every saga and wrote each step: no saga was read back for
+    # the reservation and payment of a paid order, nor for the release of a declined one.
+    assert value(order, "saga_cache_lookups_total", result="hit") == 2 * PAID + 3 * DECLINED
+    assert value(order, "saga_cache_lookups_total", result="miss") == 0
 
 
 def test_payment_and_inventory_metrics_match_what_happened(run: Run) -> None:

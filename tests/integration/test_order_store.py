@@ -45,6 +45,24 @@ def new_order(order_id: str | None = None, key: str | None = None, qty: int = 1)
                           first=first, created=outgoing(order))  # fmt: skip
 
 
+async def stored_order(pool: asyncpg.Pool) -> store.NewOrder:
+    """A new order, created as intake creates it (with its saga STARTED)."""
+    order = new_order()
+    async with pool.acquire() as conn:
+        await store.create_orders(conn, [order])
+    return order
+
+
+def delivery_of(event: contracts.AnyMessage) -> Delivery:
+    subject = contracts.subject_of(event)
+    return Delivery(subject, event, contracts.message_id(subject, event.order_id), 1)
+
+
+def reserved_for(order: store.NewOrder) -> contracts.InventoryReserved:
+    return contracts.InventoryReserved(order_id=order.order.order_id, reservation_id="r-1",
+                                       items=order.order.items, expires_at="x")  # fmt: skip
+
+
 async def test_a_group_writes_order_saga_history_count_and_outbox_together(
     pool: asyncpg.Pool,
 ) -> None:
@@ -95,10 +113,8 @@ async def test_concurrent_requests_for_one_key_create_one_order(pool: asyncpg.Po
 
 
 async def test_saved_transitions_append_history_and_end_the_order(pool: asyncpg.Pool) -> None:
-    order = new_order()
+    order = await stored_order(pool)
     order_id = order.order.order_id
-    async with pool.acquire() as conn:
-        await store.create_orders(conn, [order])
     reserved = contracts.InventoryReserved(order_id=order_id, reservation_id="r-1",
                                            items=order.order.items, expires_at="x")  # fmt: skip
     failed = contracts.PaymentFailed(order_id=order_id, reason="card_declined", timestamp="x")
@@ -137,10 +153,9 @@ async def test_saved_transitions_append_history_and_end_the_order(pool: asyncpg.
 async def test_a_saga_stored_as_json_before_is_read_advanced_and_stored_compact(
     pool: asyncpg.Pool,
 ) -> None:
-    order = new_order()
+    order = await stored_order(pool)
     order_id = order.order.order_id
     async with pool.acquire() as conn:
-        await store.create_orders(conn, [order])
         compact = await conn.fetchval("SELECT state FROM sagas WHERE order_id = $1", order_id)
         assert compact[:1] != b"{" and len(compact) < 200
         # the state as the order service wrote it before it stored MessagePack
@@ -187,16 +202,11 @@ async def test_due_sagas_are_swept_once_even_by_two_sweepers(pool: asyncpg.Pool)
 async def test_an_event_whose_saga_changed_under_it_is_decided_again_from_the_new_state(
     pool: asyncpg.Pool, bus: NATS
 ) -> None:
-    order = new_order()
+    order = await stored_order(pool)
     order_id = order.order.order_id
-    async with pool.acquire() as conn:
-        await store.create_orders(conn, [order])
     coordinator = handlers.Coordinator(pool, Settings(), OutboxRelay(pool, bus.jetstream()))
     handle = coordinator.handler("order-service-inventory")
-    reserved = contracts.InventoryReserved(order_id=order_id, reservation_id="r-1",
-                                           items=order.order.items, expires_at="x")  # fmt: skip
-    subject = contracts.subject_of(reserved)
-    event = Delivery(subject, reserved, contracts.message_id(subject, order_id), 1)
+    event = delivery_of(reserved_for(order))
     later = time.time() + 301  # past the saga's deadline
     async with pool.acquire() as sweeper:
         timeout = sweeper.transaction()
@@ -262,16 +272,6 @@ async def test_replicas_handling_the_same_events_at_once_apply_each_once(
     assert history == 3 * len(group) and requests == len(group)
 
 
-def delivery_of(event: contracts.AnyMessage) -> Delivery:
-    subject = contracts.subject_of(event)
-    return Delivery(subject, event, contracts.message_id(subject, event.order_id), 1)
-
-
-def reserved_for(order: store.NewOrder) -> contracts.InventoryReserved:
-    return contracts.InventoryReserved(order_id=order.order.order_id, reservation_id="r-1",
-                                       items=order.order.items, expires_at="x")  # fmt: skip
-
-
 def counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     reads: list[int] = []
     read = store.read
@@ -329,10 +329,8 @@ async def test_a_cached_saga_is_not_written_for_a_message_applied_before(
     # The cache knows the saga but not the inbox: a message another replica applied (here,
     # claimed without a change) would change the cached state. The write refuses it, and
     # the round after it reads the inbox and drops the message.
-    order = new_order()
+    order = await stored_order(pool)
     order_id = order.order.order_id
-    async with pool.acquire() as conn:
-        await store.create_orders(conn, [order])
     cache = SagaCache()
     cache.put(store.StoredSaga(order.first.saga, store.FIRST_STEPS))
     event = delivery_of(reserved_for(order))
@@ -355,10 +353,8 @@ async def test_a_cached_saga_is_not_written_for_a_message_applied_before(
 async def test_a_cache_behind_the_database_costs_a_round_not_a_wrong_write(
     pool: asyncpg.Pool, bus: NATS
 ) -> None:
-    order = new_order()
+    order = await stored_order(pool)
     order_id = order.order.order_id
-    async with pool.acquire() as conn:
-        await store.create_orders(conn, [order])
     relay = OutboxRelay(pool, bus.jetstream())
     ahead = handlers.Coordinator(pool, Settings(), relay)  # another replica
     assert await ahead.handler("order-service-inventory")([delivery_of(reserved_for(order))]) == 0

@@ -90,6 +90,13 @@ _CATALOG: Final = (
     ),
     Metric("saga_compensation_total", "counter", _ORDER, "Sagas that started compensating"),
     Metric(
+        "saga_cache_lookups_total",
+        "counter",
+        _ORDER,
+        "Sagas a coordinator batch took from the worker's cache (hit) or had to read (miss)",
+        {"result": ("hit", "miss")},
+    ),
+    Metric(
         "saga_compensation_success_rate",
         "gauge",
         _ORDER,
