@@ -112,7 +112,11 @@ class IntakeWriter:
                         p.done.set_exception(exc)
 
     async def _committed(self, group: Sequence[_Pending], created: Mapping[str, int]) -> None:
-        """Publish the `orders.created` of the group's new orders, and answer every POST."""
+        """Answer every POST, and publish the `orders.created` of the group's new orders.
+        The answers come first: they are committed whatever becomes of the publish."""
+        for p in group:
+            if not p.done.done():
+                p.done.set_result(p.new.order.order_id in created)
         news = [p.new for p in group if p.new.order.order_id in created]
         if self._cache is not None:
             for n in news:
@@ -121,6 +125,3 @@ class IntakeWriter:
             await self._relay.committed(
                 [Staged([created[n.order.order_id] for n in news], [n.created for n in news])]
             )
-        for p in group:
-            if not p.done.done():
-                p.done.set_result(p.new.order.order_id in created)
