@@ -165,7 +165,7 @@ def unstaged(pool: asyncpg.Pool) -> Transaction:
 
 class _InFlight(NamedTuple):
     committed_at: float  # monotonic
-    staged: list[Staged]
+    ids: list[int]  # the outbox rows of `messages`
     messages: list[Message]
     sending: Sending
 
@@ -234,7 +234,8 @@ class OutboxRelay:
             log.warning("outbox publish failed; the backstop poll will retry",
                         extra={"error": repr(exc)})  # fmt: skip
             return
-        self._sending.append(_InFlight(time.monotonic(), staged, messages, sending))
+        ids = [i for s in staged for i in s.ids]
+        self._sending.append(_InFlight(time.monotonic(), ids, messages, sending))
         self._kick.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -290,8 +291,7 @@ class OutboxRelay:
             else:
                 if not self._published:
                     self._delete_due = time.monotonic() + DELETE_EVERY_S
-                for staged in flight.staged:
-                    self._published.extend(staged.ids)
+                self._published.extend(flight.ids)
                 acked += len(flight.messages)
             self._sending.popleft()
         OUTBOX_LAG.set(time.monotonic() - self._sending[0].committed_at if self._sending else 0)

@@ -131,6 +131,7 @@ class Coordinator:
         many messages were applied (their key claimed now, or their saga written), and the
         messages whose saga was not written, to decide again from a fresh read."""
         now = time.time()
+        order_ids = {d.message.order_id for d in batch}
         sagas: dict[str, store.StoredSaga] = {}
         unknown = batch
         if cached:
@@ -140,11 +141,9 @@ class Coordinator:
                     sagas[hit.saga.order_id] = hit
                 else:
                     unknown.append(d)
+            metrics.CACHE_LOOKUPS.labels("hit").inc(len(sagas))
+            metrics.CACHE_LOOKUPS.labels("miss").inc(len(order_ids) - len(sagas))
         hits = set(sagas)
-        order_ids = {d.message.order_id for d in batch}
-        if cached:
-            metrics.CACHE_LOOKUPS.labels("hit").inc(len(hits))
-            metrics.CACHE_LOOKUPS.labels("miss").inc(len(order_ids) - len(hits))
         try:
             async with self._relay.statements() as conn:
                 seen: set[str] = set()
