@@ -184,8 +184,7 @@ class Coordinator:
         for stored, decision in changes:
             order_id = decision.saga.order_id
             if order_id in written:
-                steps = stored.steps + len(decision.history)
-                self._cache.put(store.StoredSaga(decision.saga, steps))
+                self._cache.put(stored.after(decision))
             else:
                 self._cache.drop((order_id,))
 

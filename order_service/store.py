@@ -52,7 +52,7 @@ def ts(epoch: float | None) -> datetime.datetime | None:
     return None if epoch is None else datetime.datetime.fromtimestamp(epoch, datetime.UTC)
 
 
-FIRST_STEPS = 1  # a saga starts with one history record (`_CREATE`)
+FIRST_STEPS = 1  # a saga starts with one history record, written by `_CREATE`
 
 
 class StoredSaga(msgspec.Struct, frozen=True):
@@ -61,6 +61,10 @@ class StoredSaga(msgspec.Struct, frozen=True):
     # tests check it for every status and event), so this is also the version `save`
     # compares before it writes.
     steps: int
+
+    def after(self, decision: Decision) -> StoredSaga:
+        """The saga as `save` leaves it once it writes `decision`."""
+        return StoredSaga(decision.saga, self.steps + len(decision.history))
 
 
 class NewOrder(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,7 +82,7 @@ class ExistingOrder(msgspec.Struct, frozen=True):
     saga_status: str
 
 
-_CREATE = """
+_CREATE = f"""
 WITH i AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[],
                          $6::text[], $7::text[], $8::timestamptz[], $9::bytea[],
@@ -94,10 +98,11 @@ WITH i AS (
     RETURNING order_id
 ), s AS (
     INSERT INTO sagas (order_id, status, state, deadline, started_at, steps, updated_at)
-    SELECT order_id, 'STARTED', state, deadline, at, 1, at FROM i JOIN o USING (order_id)
+    SELECT order_id, 'STARTED', state, deadline, at, {FIRST_STEPS}, at
+    FROM i JOIN o USING (order_id)
 ), h AS (
     INSERT INTO saga_history (order_id, seq, at, saga_status, event)
-    SELECT order_id, 1, at, 'STARTED', 'orders.created' FROM i JOIN o USING (order_id)
+    SELECT order_id, {FIRST_STEPS}, at, 'STARTED', 'orders.created' FROM i JOIN o USING (order_id)
 ), n AS (
     INSERT INTO order_status_counts (status, slot, n)
     SELECT 'PENDING', $14, count(*) FROM o HAVING count(*) > 0
@@ -256,7 +261,7 @@ async def save(
         statuses.append(saga.status.value)
         states.append(encode_state(saga))
         deadlines.append(ts(saga.deadline))
-        steps.append(stored.steps + len(decision.history))
+        steps.append(stored.after(decision).steps)
         terminal.append(saga.status in TERMINAL)
         was.append(stored.steps)
         for i, step in enumerate(decision.history, start=stored.steps + 1):
