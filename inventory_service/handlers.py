@@ -1,14 +1,14 @@
 """The inventory service's three consumers (SPEC §3, §4.3).
 
-Release and confirm apply their whole batch in one transaction: claim the batch in the
-inbox, lock the rows it changes, let `rules` decide in the batch's order, and write the plan
-back with the events it emits. A batch of new orders takes no lock and no transaction: it
-reads the inbox, the stock and the orders' reservation rows in one statement, lets `rules`
-decide, and writes stock changes (relative to what the rows hold), reservations, inbox
-claims and events in another; if stock fell meanwhile below what the batch reserved, the
-database refuses the write and the batch is decided again. A message applied before
-changes nothing, but is answered again from its row (`reanswers`), as its first answer may
-have been lost.
+Release and confirm apply their whole batch in one transaction: claim the batch in the inbox
+(release only: a sold reservation says itself that it was sold), lock the rows it changes,
+let `rules` decide in the batch's order, and write the plan back with the events it emits. A
+batch of new orders takes no lock and no transaction: it reads the inbox, the stock and the
+orders' reservation rows in one statement, lets `rules` decide, and writes stock changes
+(relative to what the rows hold), reservations, inbox claims and events in another; if stock
+fell meanwhile below what the batch reserved, the database refuses the write and the batch
+is decided again. A message applied before changes nothing, but is answered again from its
+row (`reanswers`), as its first answer may have been lost.
 """
 
 from __future__ import annotations
@@ -178,12 +178,14 @@ class Handlers:
         return len(batch) - len(fresh)
 
     async def confirm(self, batch: Sequence[Delivery]) -> int:
-        """orders.confirmed: the reserved stock is sold. It has no answer to give again."""
+        """orders.confirmed: the reserved stock is sold. It has no answer to give again.
+
+        No inbox key is claimed: a sold reservation says so itself (`confirmed`), and under
+        its row lock a copy of the message, redelivered or replayed, finds it so and
+        changes nothing. A copy within the batch is dropped here."""
+        fresh = inbox.first_fresh(batch, {d.key for d in batch})
+        orders = _typed(fresh, OrderConfirmed)
         async with self._transaction() as conn:
-            fresh = await inbox.claim(conn, CONFIRM, batch)
-            if not fresh:
-                return len(batch)
-            orders = _typed(fresh, OrderConfirmed)
             held, available = await store.lock_with_stock(
                 conn, [o.order_id for o in orders], [RESERVED, RELEASED]
             )
@@ -194,4 +196,4 @@ class Handlers:
             if plan.closed:
                 await store.close_reservations(conn, plan.deltas, plan.closed, CONFIRMED)
             emitted(fresh, plan, durable=CONFIRM)
-        return len(batch) - len(fresh)
+        return len(batch) - len(plan.closed)

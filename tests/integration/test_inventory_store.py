@@ -606,3 +606,20 @@ async def test_confirm_duplicates_have_nothing_to_answer(
     assert await handlers.confirm([confirmed("o-1")]) == 1
     assert len(await emitted(pool)) == 1
     assert await levels(pool, "a") == (3, 0, 2)
+
+
+async def test_copies_of_a_confirmation_sell_once_without_an_inbox_key(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    """In one batch, in batches at once, and after a release (sold from available): the
+    reservation's own status is what makes a copy change nothing."""
+    await set_stock(pool, a=9)
+    await handlers.reserve([created("o-1", ("a", 2)), created("o-2", ("a", 3))])
+    assert await handlers.confirm([confirmed("o-1"), confirmed("o-1")]) == 1
+    await handlers.release([release("o-2")])
+    copies = await asyncio.gather(*(handlers.confirm([confirmed("o-2")]) for _ in range(4)))
+    assert sorted(copies) == [0, 1, 1, 1]
+    assert await handlers.confirm([confirmed("o-1"), confirmed("o-2")]) == 2
+    assert await levels(pool, "a") == (4, 0, 5)
+    assert await pool.fetchval("SELECT count(*) FROM processed_messages WHERE consumer = $1",
+                               "inventory-service-confirm") == 0  # fmt: skip
