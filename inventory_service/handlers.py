@@ -1,14 +1,16 @@
 """The inventory service's three consumers (SPEC §3, §4.3).
 
-Release and confirm apply their whole batch in one transaction: claim the batch in the inbox
-(release only: a sold reservation says itself that it was sold), lock the rows it changes,
-let `rules` decide in the batch's order, and write the plan back with the events it emits. A
-batch of new orders takes no lock and no transaction: it reads the inbox, the stock and the
-orders' reservation rows in one statement, lets `rules` decide, and writes stock changes
-(relative to what the rows hold), reservations, inbox claims and events in another; if stock
-fell meanwhile below what the batch reserved, the database refuses the write and the batch
-is decided again. A message applied before changes nothing, but is answered again from its
-row (`reanswers`), as its first answer may have been lost.
+Confirm applies its whole batch in one transaction: lock the reservations and the stock they
+hold, let `rules` decide in the batch's order, and write the plan back; a sold reservation
+says itself that it was sold, so it claims no inbox key. New orders and release requests
+take no lock and open no transaction: one statement reads the inbox and the rows the batch
+is decided on (for new orders, the stock and which orders have a reservation row; for
+releases, the reservations), `rules` decide, and one more writes the changes, the inbox
+claims and the answers, each change only if its rows are still as read, and stock relative
+to what it holds (the database refuses stock below what a batch reserved). What was decided
+on rows that changed meanwhile is decided again from a new read. A message applied before
+changes nothing, but is answered again from its row (`reanswers`), as its first answer may
+have been lost.
 """
 
 from __future__ import annotations
@@ -151,31 +153,45 @@ class Handlers:
         raise TransientError("stock kept falling under this batch")
 
     async def release(self, batch: Sequence[Delivery]) -> int:
-        """inventory.release_request: give reserved stock back to available."""
-        async with self._transaction() as conn:
-            requests = _typed(batch, ReleaseInventory)
-            claimed, marked = await store.claim_and_mark_released(
-                conn,
-                RELEASE,
-                [(d.key, r.order_id, r.reason) for d, r in zip(batch, requests, strict=True)],
-            )
-            fresh = inbox.first_fresh(batch, claimed)
-            again = applied_before(batch, fresh)
-            await answer_again(conn, RELEASE, again, ReleaseInventory, reanswers.release)
-            if not fresh:
-                return len(batch)
-            requests = _typed(fresh, ReleaseInventory)
-            # A statement after the tombstones: it sees an order that was reserving meanwhile.
-            held, _ = await store.lock_with_stock(
-                conn, [r.order_id for r in requests if r.order_id not in marked], [RESERVED]
-            )
-            plan = rules.plan_release(requests, marked, held)
-            out = emitted(fresh, plan, durable=RELEASE)
-            if plan.closed:
-                await store.close_reservations(conn, plan.deltas, plan.closed, RELEASED, out)
-            else:
-                await outbox.enqueue(conn, out)
-        return len(batch) - len(fresh)
+        """inventory.release_request: give reserved stock back to available. A reservation
+        is closed only if it is still reserved, a tombstone written only if the order still
+        has no row; an order whose row changed meanwhile is decided again."""
+        _typed(batch, ReleaseInventory)
+        pending, applied = list(batch), 0
+        for _ in range(MAX_ROUNDS):
+            async with self._statements() as conn:
+                requests = _typed(pending, ReleaseInventory)
+                seen, rows = await store.read_for_release(
+                    conn, RELEASE, [d.key for d in pending], [r.order_id for r in requests]
+                )
+                fresh = inbox.first_fresh(pending, {d.key for d in pending} - seen)
+                if again := applied_before(pending, fresh):
+                    answers = reanswers.release(_typed(again, ReleaseInventory), rows)
+                    await outbox.enqueue(conn, emitted(again, answers, durable=RELEASE))
+                if not fresh:
+                    return len(batch) - applied
+                requests = _typed(fresh, ReleaseInventory)
+                absent = {r.order_id for r in requests if r.order_id not in rows}
+                plan = rules.plan_release(requests, absent, rows)
+                out = emitted(fresh, plan, durable=RELEASE)
+                closing = dict(plan.closed)
+                writes = closing.keys() | absent
+                done, _ = await store.release(
+                    conn,
+                    [rows[order_id] for order_id in closing],
+                    list(closing.values()),
+                    [(r.order_id, r.reason) for r in requests if r.order_id in absent],
+                    out,
+                    RELEASE,
+                    [(d.key, r.order_id if r.order_id in writes else None)
+                     for d, r in zip(fresh, requests, strict=True)],
+                )  # fmt: skip
+            pending = [d for d, r in zip(fresh, requests, strict=True)
+                       if r.order_id in writes and r.order_id not in done]  # fmt: skip
+            applied += len(fresh) - len(pending)
+            if not pending:
+                return len(batch) - applied
+        raise TransientError("reservations kept changing under this batch of releases")
 
     async def confirm(self, batch: Sequence[Delivery]) -> int:
         """orders.confirmed: the reserved stock is sold. It has no answer to give again.

@@ -88,7 +88,7 @@ def plan_reserve(
 def plan_release(
     requests: Sequence[ReleaseInventory], marked: Collection[str], held: Mapping[str, Reservation]
 ) -> Plan:
-    """Give reserved stock back. `marked` orders had no row and got a tombstone now."""
+    """Give reserved stock back. `marked` orders have no row: they get a tombstone."""
     ledger = Ledger({})
     decisions: list[Decision] = []
     closed: list[tuple[str, str | None]] = []

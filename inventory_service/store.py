@@ -178,39 +178,119 @@ async def open_reservations(
     outbox.stage(outbox_ids, out)
 
 
-_CLAIM_AND_MARK = f"""
-WITH claimed AS ({inbox.CLAIM}),
-marked AS (
-    INSERT INTO reservations (order_id, status, reason)
-    SELECT o, 'released', r FROM unnest($2::text[], $3::text[], $4::text[]) AS t (k, o, r)
-    WHERE k IN (SELECT msg_key FROM claimed) ORDER BY o
-    ON CONFLICT (order_id) DO NOTHING RETURNING order_id
+_RESERVATION_COLUMNS = (
+    "r.order_id, r.reservation_id, r.status, r.expires_at, i.product_id, i.quantity"
 )
-SELECT msg_key AS id, 'key' AS kind FROM claimed
-UNION ALL SELECT order_id, 'order' FROM marked
+
+
+_READ_FOR_RELEASE = f"""
+SELECT 'key' AS kind, msg_key AS order_id, NULL::uuid AS reservation_id, NULL AS status,
+        NULL::timestamptz AS expires_at, NULL AS product_id, NULL::bigint AS quantity,
+        NULL AS reason
+    FROM processed_messages WHERE consumer = $1 AND msg_key = ANY($2::text[])
+UNION ALL SELECT 'row', {_RESERVATION_COLUMNS}, r.reason FROM reservations r
+    LEFT JOIN reservation_items i USING (order_id) WHERE r.order_id = ANY($3::text[])
 """
 
 
-async def claim_and_mark_released(
-    conn: asyncpg.Connection, consumer: str, requests: Sequence[tuple[str, str, str | None]]
-) -> tuple[set[str], set[str]]:
-    """In one statement: claim the inbox keys of (key, order id, reason) release requests,
-    and mark the orders of the keys claimed now that have no reservation row as released
-    (a tombstone). Returns the keys claimed now and the orders marked now.
-
-    A tombstone waits for a concurrent reservation of the same order to commit or roll back,
-    so the transaction's next statement, with a newer snapshot, sees that reservation.
-    """
-    rows = await conn.fetch(
-        _CLAIM_AND_MARK,
-        consumer,
-        [key for key, _, _ in requests],
-        [order_id for _, order_id, _ in requests],
-        [reason for _, _, reason in requests],
+async def read_for_release(
+    conn: asyncpg.Connection, consumer: str, keys: Sequence[str], order_ids: Sequence[str]
+) -> tuple[set[str], dict[str, Reservation]]:
+    """In one statement, no lock taken: which inbox keys the consumer applied before, and
+    the orders' reservation rows with their items and release reason (`release` writes a
+    row only if it is still as read)."""
+    rows = await conn.fetch(_READ_FOR_RELEASE, consumer, list(keys), list(set(order_ids)))
+    return {r["order_id"] for r in rows if r["kind"] == "key"}, _reservations(
+        [r for r in rows if r["kind"] == "row"]
     )
-    return {r["id"] for r in rows if r["kind"] == "key"}, {
-        r["id"] for r in rows if r["kind"] == "order"
-    }
+
+
+# Reservations still `reserved` are closed, and their stock moved from reserved back to
+# available, in the lock order: the reservation rows by order id, then the stock rows they
+# hold by product id (found from the locked rows, so locked after them). Orders that had no
+# row get a tombstone, unless one appeared meanwhile. A key is claimed if its order was
+# closed or marked, or if its message writes nothing (NULL); a message is sent only for an
+# order closed or marked.
+_RELEASE = f"""
+WITH held AS MATERIALIZED (
+    SELECT order_id, status FROM reservations WHERE order_id = ANY($1::text[])
+    ORDER BY order_id FOR UPDATE
+),
+locked AS MATERIALIZED (
+    SELECT product_id FROM stock WHERE product_id = ANY(ARRAY(
+        SELECT i.product_id FROM reservation_items i JOIN held USING (order_id)
+        WHERE held.status = 'reserved'))
+    ORDER BY product_id FOR UPDATE
+),
+closed AS (
+    UPDATE reservations SET status = 'released',
+        reason = coalesce(c.reason, reservations.reason), updated_at = now()
+    FROM unnest($1::text[], $2::text[]) AS c (order_id, reason)
+    WHERE reservations.order_id = c.order_id
+        AND c.order_id IN (SELECT order_id FROM held WHERE status = 'reserved')
+    RETURNING reservations.order_id
+),
+moved AS (
+    UPDATE stock SET available = stock.available + d.q, reserved = stock.reserved - d.q,
+        updated_at = now()
+    FROM (SELECT l.p, sum(l.q) AS q FROM unnest($3::text[], $4::text[], $5::bigint[]) AS l (o, p, q)
+          WHERE l.o IN (SELECT order_id FROM closed) GROUP BY l.p) AS d
+    WHERE stock.product_id = d.p AND stock.product_id = ANY(ARRAY(SELECT product_id FROM locked))
+),
+marked AS (
+    INSERT INTO reservations (order_id, status, reason)
+    SELECT o, 'released', r FROM unnest($6::text[], $7::text[]) AS t (o, r) ORDER BY o
+    ON CONFLICT (order_id) DO NOTHING RETURNING order_id
+),
+applied AS (SELECT order_id FROM closed UNION ALL SELECT order_id FROM marked),
+claimed AS ({inbox.claim_if_written_statement(8, 9, 10, "applied")}),
+o AS ({outbox.insert_statement(11, "m.saga_id IN (SELECT order_id FROM applied)")})
+SELECT 'applied' AS kind, order_id AS value FROM applied
+UNION ALL SELECT 'claimed', msg_key FROM claimed
+UNION ALL SELECT 'sent', id::text FROM o
+"""
+
+
+async def release(
+    conn: asyncpg.Connection,
+    closing: Sequence[Reservation],
+    reasons: Sequence[str | None],
+    marking: Sequence[tuple[str, str | None]],
+    out: Sequence[outbox.Outgoing],
+    consumer: str,
+    claims: Sequence[tuple[str, str | None]],
+) -> tuple[set[str], set[str]]:
+    """In one statement (so in one transaction of its own if the caller has none open):
+    close the `closing` reservations (as read, with their `reasons`) that are still
+    reserved and give their stock back; mark (order id, reason) orders that still have no
+    row released (a tombstone); claim (key, order id) inbox keys, each only if its order
+    was closed or marked (None: its message writes nothing); enqueue the messages of the
+    orders closed or marked (`saga_id`). Returns those orders and the keys claimed now.
+
+    A tombstone waits for a concurrent reservation of the same order to commit or roll
+    back, and then is not written: the order is decided again from a new read.
+    """
+    lines = [(r.order_id, p, q) for r in closing for p, q in sorted(r.items.items())]
+    rows = await conn.fetch(
+        _RELEASE,
+        [r.order_id for r in closing],
+        list(reasons),
+        [line[0] for line in lines],
+        [line[1] for line in lines],
+        [line[2] for line in lines],
+        [order_id for order_id, _ in marking],
+        [reason for _, reason in marking],
+        consumer,
+        [key for key, _ in claims],
+        [order_id for _, order_id in claims],
+        *outbox.insert_args(out),
+    )
+    applied = {value for kind, value in rows if kind == "applied"}
+    outbox.stage(
+        [int(value) for kind, value in rows if kind == "sent"],
+        [m for m in out if m.saga_id in applied],
+    )
+    return applied, {value for kind, value in rows if kind == "claimed"}
 
 
 def _reservations(rows: Sequence[asyncpg.Record]) -> dict[str, Reservation]:
@@ -233,11 +313,6 @@ def _reservations(rows: Sequence[asyncpg.Record]) -> dict[str, Reservation]:
         )
         for order_id, row in first.items()
     }
-
-
-_RESERVATION_COLUMNS = (
-    "r.order_id, r.reservation_id, r.status, r.expires_at, i.product_id, i.quantity"
-)
 
 
 # Reservation rows first, then the stock rows held by those whose status is in $2: the lock

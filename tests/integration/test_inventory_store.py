@@ -377,6 +377,52 @@ async def test_a_release_that_meets_a_reservation_in_flight_waits_for_it_and_rel
     )
 
 
+class PausedBeforeSecondFetch(PausedBeforeWriting):
+    """The same for a batch whose read and write are both `fetch`: a batch of release
+    requests, read and decided."""
+
+    fetches = 0
+
+    async def fetch(self, *args: Any) -> Any:
+        self.fetches += 1
+        if self.fetches == 2:
+            self.decided.set()
+            await self.go.wait()
+        return await self._conn.fetch(*args)
+
+
+@pytest.mark.parametrize("meanwhile", ["expired", "confirmed"])
+async def test_a_release_decided_on_a_reservation_that_changed_meanwhile_is_decided_again(
+    pool: asyncpg.Pool, handlers: Handlers, meanwhile: str
+) -> None:
+    await set_stock(pool, a=5)
+    await handlers.reserve([created("o-1", ("a", 2))])
+    async with pool.acquire() as conn:
+        paused = PausedBeforeSecondFetch(conn)
+
+        @asynccontextmanager
+        async def statements() -> AsyncIterator[Any]:
+            yield paused
+
+        releasing = Handlers(pool, TTL_S, clock=lambda: T0, statements=statements)
+        task = asyncio.create_task(releasing.release([release("o-1", reason="payment_failed")]))
+        await paused.decided.wait()  # read as reserved: decided to release it
+        if meanwhile == "expired":
+            assert await expire_due(outbox.unstaged(pool), T0 + timedelta(seconds=TTL_S + 1))
+        else:
+            await handlers.confirm([confirmed("o-1")])
+        paused.go.set()
+        assert await task == 0
+    # Given back or sold once, and answered only by the expiry's own release.
+    assert await levels(pool, "a") == ((5, 0, 0) if meanwhile == "expired" else (3, 0, 2))
+    assert [type(m) for m in await emitted(pool)] == [InventoryReserved] + (
+        [InventoryReleased] if meanwhile == "expired" else []
+    )
+    assert await pool.fetchval("SELECT reason FROM reservations") == (
+        "expired" if meanwhile == "expired" else None
+    )
+
+
 @pytest.mark.parametrize("round_", range(10))
 async def test_two_orders_racing_for_the_last_unit_one_gets_it(
     pool: asyncpg.Pool, handlers: Handlers, round_: int
