@@ -242,10 +242,10 @@ marked AS (
     SELECT o, 'released', r FROM unnest($6::text[], $7::text[]) AS t (o, r) ORDER BY o
     ON CONFLICT (order_id) DO NOTHING RETURNING order_id
 ),
-applied AS (SELECT order_id FROM closed UNION ALL SELECT order_id FROM marked),
-claimed AS ({inbox.claim_if_written_statement(8, 9, 10, "applied")}),
-o AS ({outbox.insert_statement(11, "m.saga_id IN (SELECT order_id FROM applied)")})
-SELECT 'applied' AS kind, order_id AS value FROM applied
+written AS (SELECT order_id FROM closed UNION ALL SELECT order_id FROM marked),
+claimed AS ({inbox.claim_if_written_statement(8, 9, 10, "written")}),
+o AS ({outbox.insert_statement(11, "m.saga_id IN (SELECT order_id FROM written)")})
+SELECT 'written' AS kind, order_id AS value FROM written
 UNION ALL SELECT 'claimed', msg_key FROM claimed
 UNION ALL SELECT 'sent', id::text FROM o
 """
@@ -285,12 +285,7 @@ async def release(
         [order_id for _, order_id in claims],
         *outbox.insert_args(out),
     )
-    applied = {value for kind, value in rows if kind == "applied"}
-    outbox.stage(
-        [int(value) for kind, value in rows if kind == "sent"],
-        [m for m in out if m.saga_id in applied],
-    )
-    return applied, {value for kind, value in rows if kind == "claimed"}
+    return outbox.stage_written(rows, out)
 
 
 def _reservations(rows: Sequence[asyncpg.Record]) -> dict[str, Reservation]:

@@ -116,6 +116,17 @@ def stage(ids: list[int], messages: Sequence[Outgoing]) -> None:
         staged.append(Staged(ids, messages))
 
 
+def stage_written(rows: Sequence[Any], messages: Sequence[Outgoing]) -> tuple[set[str], set[str]]:
+    """For a statement that writes a change, its inbox claims and its messages only on a
+    condition, and returns (kind, value) rows: `written` ids of the changes it wrote,
+    `claimed` inbox keys and `sent` outbox ids. Stages the messages of the changes written
+    (their `saga_id`); returns the ids written and the keys claimed."""
+    written = {value for kind, value in rows if kind == "written"}
+    stage([int(value) for kind, value in rows if kind == "sent"],
+          [m for m in messages if m.saga_id in written])  # fmt: skip
+    return written, {value for kind, value in rows if kind == "claimed"}
+
+
 _ENQUEUE = f"WITH ins AS ({insert_statement(1)}) SELECT array_agg(id) FROM ins"
 
 

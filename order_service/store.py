@@ -285,12 +285,7 @@ async def save(
         [key for key, _ in claims],
         [order_id for _, order_id in claims],
     )
-    written = {value for kind, value in rows if kind == "written"}
-    outbox.stage(
-        [int(value) for kind, value in rows if kind == "sent"],
-        [m for m in out if m.saga_id in written],
-    )
-    return written, {value for kind, value in rows if kind == "claimed"}
+    return outbox.stage_written(rows, out)
 
 
 # --- reads for the HTTP API ----------------------------------------------------------

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -293,24 +293,34 @@ class PausedBeforeWriting:
 
 
 @asynccontextmanager
-async def reserving_paused(
-    pool: asyncpg.Pool, order: Delivery
+async def paused_batch(
+    pool: asyncpg.Pool,
+    handle: Callable[[Handlers], Awaitable[int]],
+    pause: type[PausedBeforeWriting] = PausedBeforeWriting,
 ) -> AsyncIterator[tuple[PausedBeforeWriting, asyncio.Task[int]]]:
-    """A batch of one new order, read and decided, paused before it writes until `go`."""
+    """A batch handled on a connection that pauses it, read and decided, before it writes
+    until `go`."""
     async with pool.acquire() as conn:
-        paused = PausedBeforeWriting(conn)
+        paused = pause(conn)
 
         @asynccontextmanager
         async def statements() -> AsyncIterator[Any]:
             yield paused
 
         handlers = Handlers(pool, TTL_S, clock=lambda: T0, statements=statements)
-        task = asyncio.create_task(handlers.reserve([order]))
+        task = asyncio.create_task(handle(handlers))
         try:
             await paused.decided.wait()
             yield paused, task
         finally:
             task.cancel()  # a no-op once the test awaited it
+
+
+def reserving_paused(
+    pool: asyncpg.Pool, order: Delivery
+) -> AbstractAsyncContextManager[tuple[PausedBeforeWriting, asyncio.Task[int]]]:
+    """A batch of one new order, read and decided, paused before it writes until `go`."""
+    return paused_batch(pool, lambda handlers: handlers.reserve([order]))
 
 
 async def test_a_release_that_overtakes_a_reservation_in_flight_makes_the_batch_retry(
@@ -397,16 +407,12 @@ async def test_a_release_decided_on_a_reservation_that_changed_meanwhile_is_deci
 ) -> None:
     await set_stock(pool, a=5)
     await handlers.reserve([created("o-1", ("a", 2))])
-    async with pool.acquire() as conn:
-        paused = PausedBeforeSecondFetch(conn)
-
-        @asynccontextmanager
-        async def statements() -> AsyncIterator[Any]:
-            yield paused
-
-        releasing = Handlers(pool, TTL_S, clock=lambda: T0, statements=statements)
-        task = asyncio.create_task(releasing.release([release("o-1", reason="payment_failed")]))
-        await paused.decided.wait()  # read as reserved: decided to release it
+    releasing = paused_batch(
+        pool,
+        lambda handlers: handlers.release([release("o-1", reason="payment_failed")]),
+        PausedBeforeSecondFetch,
+    )
+    async with releasing as (paused, task):  # read as reserved: decided to release it
         if meanwhile == "expired":
             assert await expire_due(outbox.unstaged(pool), T0 + timedelta(seconds=TTL_S + 1))
         else:
