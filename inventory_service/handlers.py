@@ -156,7 +156,6 @@ class Handlers:
         """inventory.release_request: give reserved stock back to available. A reservation
         is closed only if it is still reserved, a tombstone written only if the order still
         has no row; an order whose row changed meanwhile is decided again."""
-        _typed(batch, ReleaseInventory)
         pending, applied = list(batch), 0
         for _ in range(MAX_ROUNDS):
             async with self._statements() as conn:
