@@ -67,9 +67,23 @@ def _rows(records: Sequence[asyncpg.Record]) -> dict[str, Payment]:
     return {r["order_id"]: Payment(**dict(r)) for r in records}
 
 
-# Rows of the statements below that return both payments and inbox keys: a key row has its
-# key in `order_id` and NULL in every other column.
-_KEY_ROW = "SELECT 'key' AS kind, {key}" + ", NULL" * (len(_COLUMNS.split(",")) - 1)
+# Rows of the statements below that return both payments and other values: such a row has
+# its kind, its value in `order_id` and NULL in every other column.
+_VALUE_ROW = "SELECT '{kind}' AS kind, {value}" + ", NULL" * (len(_COLUMNS.split(",")) - 1)
+
+# Opening rows commits without waiting for the WAL to reach the disk. Nothing outside the
+# database acts on an opened row before a later statement commits synchronously: an intent
+# is confirmed only once `record_intents` has recorded it, and no command is answered or
+# acknowledged before `settle`. PostgreSQL flushes its WAL in order, so that commit makes
+# the opened rows durable too. A crash before it may lose them, and with them nothing: their
+# commands were not acknowledged and come back, and an intent created meanwhile was never
+# confirmed (as after a crash between creating an intent and recording it). Measured: the
+# payment consumer's batches took 9.6 ms on average against 12.4 (four alternated pairs,
+# 30 s at 1,000 orders/s), where this statement had waited for a flush of its own.
+# `set_config(..., true)` applies to the statement's own transaction only.
+_NO_FLUSH_WAIT = _VALUE_ROW.format(
+    kind="async", value="set_config('synchronous_commit', 'off', true)"
+)
 
 _OPEN = f"""
 WITH opened AS (
@@ -79,8 +93,9 @@ WITH opened AS (
 )
 SELECT 'row' AS kind, * FROM opened
 UNION ALL SELECT 'row', {_COLUMNS} FROM payments WHERE order_id = ANY($1::text[])
-UNION ALL {_KEY_ROW.format(key="msg_key")} FROM processed_messages
+UNION ALL {_VALUE_ROW.format(kind="key", value="msg_key")} FROM processed_messages
     WHERE consumer = $6 AND msg_key = ANY($7::text[])
+UNION ALL {_NO_FLUSH_WAIT}
 """
 
 
@@ -89,10 +104,11 @@ def _rows_and_keys(records: Sequence[asyncpg.Record]) -> tuple[dict[str, Payment
     keys: set[str] = set()
     for record in records:
         fields = dict(record)
-        if fields.pop("kind") == "key":
-            keys.add(fields["order_id"])
-        else:
+        kind = fields.pop("kind")
+        if kind == "row":
             rows[fields["order_id"]] = Payment(**fields)
+        elif kind == "key":
+            keys.add(fields["order_id"])
     return rows, keys
 
 
@@ -101,7 +117,10 @@ async def open_payments(
 ) -> tuple[dict[str, Payment], set[str]]:
     """Create the rows that do not exist yet (an existing row is left as it is) and read
     every order's row, and which inbox keys the consumer applied before (`seen`), in one
-    statement: returns (rows, seen).
+    statement: returns (rows, seen). Its commit does not wait for the WAL flush: the rows are
+    durable once a later statement has committed (see `_NO_FLUSH_WAIT`), and nothing outside
+    the database may act on them before. Run it outside a transaction: inside one, the whole
+    transaction would commit so.
 
     A row another transaction created meanwhile is invisible to that statement (its
     snapshot is older than the row, which the insert waited for): it is read by a second.

@@ -308,6 +308,35 @@ async def test_a_row_another_batch_opens_meanwhile_is_read_all_the_same(
     assert rows[order].status == "processing" and seen == set()
 
 
+async def wal_syncs(conn: asyncpg.Connection) -> int:
+    """WAL flushes so far, this backend's own included: a backend reports its statistics
+    when it goes idle, without delay only once told to."""
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    await conn.execute("SELECT 1")
+    return int(await conn.fetchval("SELECT wal_sync FROM pg_stat_wal"))
+
+
+async def test_opening_rows_does_not_wait_for_the_wal_flush_and_later_writes_do(
+    pool: asyncpg.Pool,
+) -> None:
+    orders = [new_order() for _ in range(40)]
+    async with pool.acquire() as conn:
+        before = await wal_syncs(conn)
+        for order in orders:
+            opening = rules.opening(process(order).message)  # type: ignore[arg-type]
+            await store.open_payments(conn, [opening], "c", [])
+        opened = await wal_syncs(conn) - before
+        # Set for the statement's transaction only: the session still commits synchronously.
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        before = await wal_syncs(conn)
+        for order in orders:
+            await conn.execute("UPDATE payments SET updated_at = now() WHERE order_id = $1", order)
+        written = await wal_syncs(conn) - before
+    # The WAL writer may flush the opened rows in the background, a few times at most.
+    assert opened <= 10 and written >= 30, (opened, written)
+    assert {r.status for r in (await store.load(pool, orders)).values()} == {"processing"}
+
+
 async def test_concurrent_workers_charge_an_order_once(pool: asyncpg.Pool) -> None:
     orders = [new_order() for _ in range(20)]
     gateway = CreatesTogether(expected=3 * len(orders))
