@@ -316,25 +316,60 @@ async def wal_syncs(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT wal_sync FROM pg_stat_wal"))
 
 
-async def test_opening_rows_does_not_wait_for_the_wal_flush_and_later_writes_do(
+async def test_opening_rows_to_charge_does_not_wait_for_the_wal_flush_and_voiding_does(
     pool: asyncpg.Pool,
 ) -> None:
-    orders = [new_order() for _ in range(40)]
-    async with pool.acquire() as conn:
+    charging, voiding = [new_order() for _ in range(40)], [new_order() for _ in range(40)]
+
+    async def open_each(orders: list[str], command: Any) -> int:
         before = await wal_syncs(conn)
         for order in orders:
-            opening = rules.opening(process(order).message)  # type: ignore[arg-type]
+            opening = rules.opening(command(order).message)
             await store.open_payments(conn, [opening], "c", [])
-        opened = await wal_syncs(conn) - before
+        return await wal_syncs(conn) - before
+
+    async with pool.acquire() as conn:
+        opened = await open_each(charging, process)
         # Set for the statement's transaction only: the session still commits synchronously.
         assert await conn.fetchval("SHOW synchronous_commit") == "on"
-        before = await wal_syncs(conn)
-        for order in orders:
-            await conn.execute("UPDATE payments SET updated_at = now() WHERE order_id = $1", order)
-        written = await wal_syncs(conn) - before
+        voided = await open_each(voiding, refund)
     # The WAL writer may flush the opened rows in the background, a few times at most.
-    assert opened <= 10 and written >= 30, (opened, written)
-    assert {r.status for r in (await store.load(pool, orders)).values()} == {"processing"}
+    assert opened <= 10 and voided >= 30, (opened, voided)
+    rows = await store.load(pool, charging + voiding)
+    assert [rows[o].status for o in charging + voiding] == ["processing"] * 40 + ["voided"] * 40
+
+
+class CreatesThenDies(FakeGateway):
+    """Creates the intent, then the worker dies before it hears back (no answer)."""
+
+    dying = True
+
+    async def create_intent(
+        self, order_id: str, amount: int, currency: str, payment_method: str
+    ) -> Intent:
+        intent = await super().create_intent(order_id, amount, currency, payment_method)
+        if self.dying:
+            raise Unavailable("the worker died")
+        return intent
+
+
+async def test_an_opened_row_lost_in_a_crash_is_opened_again_and_charged_once(
+    pool: asyncpg.Pool,
+) -> None:
+    gateway = CreatesThenDies()
+    handler = PaymentHandler(pool, gateway)
+    order = new_order()
+    with pytest.raises(Unavailable):
+        await handler([process(order)])
+    # A crash of the database before any later commit took the row, never flushed, with it.
+    await pool.execute("DELETE FROM payments WHERE order_id = $1", order)
+    gateway.dying = False
+    await handler([process(order)])
+    row = await payment(pool, order)
+    first, second = gateway.intents_of(order)
+    assert row.status == "succeeded" and row.intent_id == second.id
+    assert gateway.charged(order) == 1 and first.status == "requires_confirmation"
+    assert [type(a) for a in await answers(pool, order)] == [PaymentSucceeded]
 
 
 async def test_concurrent_workers_charge_an_order_once(pool: asyncpg.Pool) -> None:
