@@ -321,7 +321,8 @@ async def test_opening_rows_to_charge_does_not_wait_for_the_wal_flush_and_voidin
 ) -> None:
     charging, voiding = [new_order() for _ in range(40)], [new_order() for _ in range(40)]
 
-    async def open_each(orders: list[str], command: Any) -> int:
+    async def open_each(conn: asyncpg.Connection, orders: list[str], command: Any) -> int:
+        """WAL syncs while each order's row is opened, one statement each."""
         before = await wal_syncs(conn)
         for order in orders:
             opening = rules.opening(command(order).message)
@@ -329,12 +330,13 @@ async def test_opening_rows_to_charge_does_not_wait_for_the_wal_flush_and_voidin
         return await wal_syncs(conn) - before
 
     async with pool.acquire() as conn:
-        opened = await open_each(charging, process)
+        opened = await open_each(conn, charging, process)
         # Set for the statement's transaction only: the session still commits synchronously.
         assert await conn.fetchval("SHOW synchronous_commit") == "on"
-        voided = await open_each(voiding, refund)
-    # The WAL writer may flush the opened rows in the background, a few times at most.
-    assert opened <= 10 and voided >= 30, (opened, voided)
+        voided = await open_each(conn, voiding, refund)
+    # The WAL writer flushes the opened rows in the background, every 200 ms or full page
+    # of WAL: a few times here, under any load far fewer than once per statement.
+    assert opened <= 20 and voided >= 30, (opened, voided)
     rows = await store.load(pool, charging + voiding)
     assert [rows[o].status for o in charging + voiding] == ["processing"] * 40 + ["voided"] * 40
 
