@@ -31,13 +31,13 @@ from payment_service.gateway import (
     SUCCEEDED,
     Intent,
 )
+from payment_service.store import CHARGED as CHARGED
+from payment_service.store import FAILED as FAILED
+from payment_service.store import PROCESSING as PROCESSING
+from payment_service.store import REFUNDED as REFUNDED
+from payment_service.store import VOIDED as VOIDED
 from payment_service.store import Opening, Payment
 
-PROCESSING: Final = "processing"
-CHARGED: Final = "succeeded"
-FAILED: Final = "failed"
-VOIDED: Final = "voided"
-REFUNDED: Final = "refunded"
 CANCELLED_REASON: Final = "cancelled"
 
 Command = ProcessPayment | RefundPayment

@@ -10,11 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Final
 
 import asyncpg
 import msgspec
 
 from jetsaga import inbox, outbox
+
+# A row's `status` (`payment_service.rules` decides between them).
+PROCESSING: Final = "processing"
+CHARGED: Final = "succeeded"
+FAILED: Final = "failed"
+VOIDED: Final = "voided"
+REFUNDED: Final = "refunded"
 
 _COLUMNS = (
     "order_id, status, amount, currency, payment_method,"
@@ -26,7 +34,7 @@ _RETURNING = ", ".join("p." + c.strip() for c in _COLUMNS.split(","))
 
 class Payment(msgspec.Struct, frozen=True, kw_only=True):
     order_id: str
-    status: str  # processing | succeeded | failed | voided | refunded
+    status: str  # PROCESSING, CHARGED, FAILED, VOIDED or REFUNDED
     amount: int | None
     currency: str | None
     payment_method: str | None
@@ -100,7 +108,6 @@ _OPEN_UNFLUSHED = (
     + "UNION ALL "
     + _VALUE_ROW.format(kind="async", value="set_config('synchronous_commit', 'off', true)")
 )
-_CHARGING = "processing"  # the status of a row opened to charge (payment_service.rules)
 
 
 def _rows_and_keys(records: Sequence[asyncpg.Record]) -> tuple[dict[str, Payment], set[str]]:
@@ -130,7 +137,7 @@ async def open_payments(
     snapshot is older than the row, which the insert waited for): it is read by a second.
     """
     order_ids = [o.order_id for o in openings]
-    unflushed = all(o.status == _CHARGING for o in openings)
+    unflushed = all(o.status == PROCESSING for o in openings)
     records = await conn.fetch(
         _OPEN_UNFLUSHED if unflushed else _OPEN,
         order_ids,
