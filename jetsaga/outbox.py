@@ -116,11 +116,21 @@ def stage(ids: list[int], messages: Sequence[Outgoing]) -> None:
         staged.append(Staged(ids, messages))
 
 
+def written_rows(written: str, claimed: str, sent: str) -> str:
+    """The final SELECT of a statement that writes a change, its inbox claims and its
+    messages only on a condition: (kind, value) rows from its CTEs `written` (order ids of
+    the changes it wrote), `claimed` (inbox keys) and `sent` (outbox ids), which
+    `stage_written` reads."""
+    return (
+        f"SELECT 'written' AS kind, order_id AS value FROM {written}"
+        f" UNION ALL SELECT 'claimed', msg_key FROM {claimed}"
+        f" UNION ALL SELECT 'sent', id::text FROM {sent}"
+    )
+
+
 def stage_written(rows: Sequence[Any], messages: Sequence[Outgoing]) -> tuple[set[str], set[str]]:
-    """For a statement that writes a change, its inbox claims and its messages only on a
-    condition, and returns (kind, value) rows: `written` ids of the changes it wrote,
-    `claimed` inbox keys and `sent` outbox ids. Stages the messages of the changes written
-    (their `saga_id`); returns the ids written and the keys claimed."""
+    """For the rows of `written_rows`: stages the messages of the changes written (their
+    `saga_id`); returns the ids written and the keys claimed."""
     written = {value for kind, value in rows if kind == "written"}
     stage([int(value) for kind, value in rows if kind == "sent"],
           [m for m in messages if m.saga_id in written])  # fmt: skip

@@ -224,9 +224,7 @@ WITH s AS (
     ON CONFLICT (status, slot) DO UPDATE SET n = order_status_counts.n + excluded.n
 ), claimed AS ({inbox.claim_if_written_statement(24, 25, 26, "s")}
 ), o AS ({outbox.insert_statement(17, "m.saga_id IN (SELECT order_id FROM s)")})
-SELECT 'written' AS kind, order_id AS value FROM s
-UNION ALL SELECT 'claimed', msg_key FROM claimed
-UNION ALL SELECT 'sent', id::text FROM o
+{outbox.written_rows("s", "claimed", "o")}
 """
 
 
