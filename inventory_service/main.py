@@ -37,4 +37,4 @@ async def wire(runtime: Runtime) -> Parts:
 
 
 async def main(settings: Settings) -> None:
-    await serve("inventory", settings, MIGRATIONS, wire)
+    await serve("inventory", settings, MIGRATIONS, wire, generic_plans=True)

@@ -51,7 +51,9 @@ async def _no_reset(_: asyncpg.Connection) -> None:
     return None
 
 
-async def create_pool(url: str, size: int) -> asyncpg.Pool:
+async def create_pool(url: str, size: int, *, generic_plans: bool = False) -> asyncpg.Pool:
+    """The service's pool. With `generic_plans`, every prepared statement runs on the plan
+    made once for it (`plan_cache_mode = force_generic_plan`); see `runtime.serve`."""
     pool = await asyncpg.create_pool(
         url,
         min_size=min(2, size),
@@ -65,6 +67,7 @@ async def create_pool(url: str, size: int) -> asyncpg.Pool:
         # trip on every release. Nothing here leaves session state behind (the migration
         # lock is released explicitly) and asyncpg still rolls back an open transaction.
         reset=_no_reset,
+        server_settings={"plan_cache_mode": "force_generic_plan"} if generic_plans else {},
     )
     assert pool is not None
     return pool

@@ -56,4 +56,4 @@ async def wire(rt: runtime.Runtime) -> runtime.Parts:
 
 
 async def main(settings: Settings) -> None:
-    await runtime.serve("payment", settings, MIGRATIONS, wire)
+    await runtime.serve("payment", settings, MIGRATIONS, wire, generic_plans=True)

@@ -75,3 +75,31 @@ async def test_a_hot_statement_finds_its_rows_by_primary_key_not_by_status(
             plan = await generic_plan(conn, sql)
     assert key in plan
     assert not [index for index in avoided if index in plan], plan
+
+
+
+@pytest.mark.parametrize(("generic_plans", "custom"), [(False, 20), (True, 0)])
+async def test_a_pool_for_generic_plans_plans_each_statement_once(
+    database_url: str, generic_plans: bool, custom: int
+) -> None:
+    """A statement on arrays of keys costs ten elements per array in its generic plan and
+    one or two in a custom one, so PostgreSQL plans it again on every execution, unless the
+    pool asks for generic plans (as the payment and inventory services do)."""
+    migrations = [db.SHARED_MIGRATIONS, payment_main.MIGRATIONS]
+    async with fresh_pool(
+        database_url, "plan_mode", migrations, 1, generic_plans=generic_plans
+    ) as pool:
+        await pool.execute(PAYMENTS)
+        await pool.execute("ANALYZE payments")
+        async with pool.acquire() as conn:
+            for i in range(20):
+                await conn.execute(
+                    payment_store.RECORD_INTENTS, [f"o-{i}", f"o-{i + 1}"], [0, 0], ["pi", "pi"]
+                )
+            plans = await conn.fetchrow(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement = $1",
+                payment_store.RECORD_INTENTS,
+            )
+    assert plans is not None
+    assert (plans["custom_plans"], plans["generic_plans"]) == (custom, 20 - custom)

@@ -20,13 +20,15 @@ async def fresh_pool(
     size: int,
     *,
     drop: bool = False,
+    generic_plans: bool = False,
 ) -> AsyncIterator[asyncpg.Pool]:
     """A new database named `prefix` and a random suffix, with `migrations` applied; with
-    `drop`, the database is dropped once the pool is closed."""
+    `drop`, the database is dropped once the pool is closed (`generic_plans`: as for
+    `db.create_pool`)."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     url = config.with_database(database_url, name)
     await db.ensure_database(url)
-    pool = await db.create_pool(url, size)
+    pool = await db.create_pool(url, size, generic_plans=generic_plans)
     try:
         await db.migrate(pool, list(migrations))
         yield pool
