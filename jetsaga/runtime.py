@@ -134,12 +134,13 @@ async def serve(
     generic_plans: bool = False,
 ) -> None:
     """Run a worker until `stop` (or SIGTERM/SIGINT). `generic_plans` is for a service whose
-    every hot statement takes arrays of keys: PostgreSQL plans such a statement again for
-    each execution (it costs its generic plan for ten elements per array, against one or
-    two in a custom plan, and never switches), where the generic plan is the same index
-    lookups. Planning was 19 % of the payment database's CPU and 11 % of the inventory
-    database's at 1,000 orders/s (`perf`, `BuildCachedPlan`). The order service keeps
-    custom plans: its orders list has optional filters, which a generic plan serves badly."""
+    every statement finds its rows by key: PostgreSQL costs the generic plan of a statement
+    on arrays of keys at ten elements per array, a custom plan at the one or two of a small
+    batch, so it mostly plans such a statement again on each execution, though the generic
+    plan is the same index lookups. Planning was 19 % of the payment database's CPU and
+    11 % of the inventory database's at 1,000 orders/s (`perf`, `BuildCachedPlan`). The
+    order service keeps custom plans: its orders list has optional filters (`$1 IS NULL OR
+    …`), which only a custom plan turns into an index scan."""
     stop = stop or asyncio.Event()
     tracing.configure(f"{service}-service")
     loop = asyncio.get_running_loop()

@@ -77,7 +77,6 @@ async def test_a_hot_statement_finds_its_rows_by_primary_key_not_by_status(
     assert not [index for index in avoided if index in plan], plan
 
 
-
 @pytest.mark.parametrize(("generic_plans", "custom"), [(False, 20), (True, 0)])
 async def test_a_pool_for_generic_plans_plans_each_statement_once(
     database_url: str, generic_plans: bool, custom: int
