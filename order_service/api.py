@@ -71,14 +71,14 @@ def routes(pool: asyncpg.Pool, settings: Settings, intake: IntakeWriter) -> list
         try:
             body = msgspec.json.decode(await request.read())
         except msgspec.DecodeError as exc:
-            metrics.ORDERS_RECEIVED.labels("bad_json").inc()
+            metrics.RECEIVED["bad_json"].inc()
             return error(400, f"malformed JSON: {exc}")
         parsed, errors = validate(body)
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 1 <= len(key) <= 255:
             errors.append(FieldError("Idempotency-Key", "must be 1 to 255 characters"))
         if parsed is None or errors:
-            metrics.ORDERS_RECEIVED.labels("invalid").inc()
+            metrics.RECEIVED["invalid"].inc()
             return error(422, "invalid order", fields=errors)
         order_id = order_id_for(parsed, key)
         total = sum(i.quantity * i.unit_price for i in parsed.items)
@@ -92,17 +92,17 @@ def routes(pool: asyncpg.Pool, settings: Settings, intake: IntakeWriter) -> list
             created=outgoing(order, traceparent=traceparent),
         )  # fmt: skip
         if await intake.create(new):
-            metrics.ORDERS_RECEIVED.labels("created").inc()
+            metrics.RECEIVED["created"].inc()
             return _accepted(order_id, "PENDING", "STARTED", 201)
         async with pool.acquire() as conn:
             existing = await store.find_existing(conn, order_id, key)
         if existing is None:  # raced with nothing: cannot happen unless rows are deleted
             return error(500, "order neither created nor found")
         if existing.request_hash != new.request_hash:
-            metrics.ORDERS_RECEIVED.labels("conflict").inc()
+            metrics.RECEIVED["conflict"].inc()
             return error(409, "idempotency key or orderId already used with another body",
                          orderId=existing.order_id)  # fmt: skip
-        metrics.ORDERS_RECEIVED.labels("replayed").inc()
+        metrics.RECEIVED["replayed"].inc()
         return _accepted(existing.order_id, existing.status, existing.saga_status, 200)
 
     async def get_one(request: leanhttp.Request) -> leanhttp.Response:

@@ -74,8 +74,8 @@ def observe(changes: Sequence[Change], now: float) -> None:
             metrics.COMPENSATIONS.inc()
         outcome = _OUTCOMES.get(now_status)
         if outcome and was not in _OUTCOMES:
-            metrics.ENDED.labels(outcome).inc()
-            metrics.DURATION.labels(outcome).observe(max(0.0, now - after.saga.started_at))
+            metrics.ENDED_BY_OUTCOME[outcome].inc()
+            metrics.DURATION_BY_OUTCOME[outcome].observe(max(0.0, now - after.saga.started_at))
             # A completed saga is the common case, counted by the metrics and kept in its
             # history: its line is debug, so that 1,000 orders/s do not write 1,000 lines/s.
             # A failed or compensated saga is worth a line each.
@@ -141,8 +141,8 @@ class Coordinator:
                     sagas[hit.saga.order_id] = hit
                 else:
                     unknown.append(d)
-            metrics.CACHE_LOOKUPS.labels("hit").inc(len(sagas))
-            metrics.CACHE_LOOKUPS.labels("miss").inc(len(order_ids) - len(sagas))
+            metrics.CACHE_HITS.inc(len(sagas))
+            metrics.CACHE_MISSES.inc(len(order_ids) - len(sagas))
         hits = set(sagas)
         try:
             async with self._relay.statements() as conn:
