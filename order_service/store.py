@@ -82,11 +82,17 @@ class ExistingOrder(msgspec.Struct, frozen=True):
     saga_status: str
 
 
+# Times go in as epoch seconds (float8 arrays) and become timestamptz in the statement:
+# asyncpg encodes a timestamptz array element in about four times the CPU of a float8 one
+# (0.77 against 0.19 µs), and these two statements carry several per order.
 _CREATE = f"""
 WITH i AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[],
-                         $6::text[], $7::text[], $8::timestamptz[], $9::bytea[],
-                         $10::timestamptz[], $11::text[], $12::bytea[], $13::text[])
+    SELECT order_id, customer_id, items, total_amount, currency, idempotency_key,
+           request_hash, to_timestamp(at) AS at, state, to_timestamp(deadline) AS deadline,
+           msg_id, payload, traceparent
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+                $7::text[], $8::float8[], $9::bytea[], $10::float8[], $11::text[], $12::bytea[],
+                $13::text[])
         AS t(order_id, customer_id, items, total_amount, currency, idempotency_key,
              request_hash, at, state, deadline, msg_id, payload, traceparent)
 ), o AS (
@@ -130,9 +136,9 @@ async def create_orders(conn: asyncpg.Connection, group: Sequence[NewOrder]) -> 
         [n.order.currency for n in group],
         [n.idempotency_key for n in group],
         [n.request_hash for n in group],
-        [ts(n.first.saga.started_at) for n in group],
+        [n.first.saga.started_at for n in group],
         [encode_state(n.first.saga) for n in group],
-        [ts(n.first.saga.deadline) for n in group],
+        [n.first.saga.deadline for n in group],
         [n.created.msg_id for n in group],
         [n.created.payload for n in group],
         [n.created.traceparent for n in group],
@@ -189,12 +195,13 @@ async def lock_due_sagas(conn: asyncpg.Connection, now: float, limit: int) -> di
 # changed nothing (NULL).
 _SAVE = f"""
 WITH s AS (
-    UPDATE sagas SET status = u.status, state = u.state, deadline = u.deadline, steps = u.steps,
+    UPDATE sagas SET status = u.status, state = u.state, deadline = to_timestamp(u.deadline),
+        steps = u.steps,
         ended_at = CASE WHEN u.terminal THEN $7 ELSE sagas.ended_at END,
         compensating_at = CASE WHEN u.status = 'COMPENSATING' AND sagas.compensating_at IS NULL
                                THEN $7 ELSE sagas.compensating_at END,
         updated_at = $7
-    FROM unnest($1::text[], $2::text[], $3::bytea[], $4::timestamptz[], $5::int[], $6::bool[],
+    FROM unnest($1::text[], $2::text[], $3::bytea[], $4::float8[], $5::int[], $6::bool[],
                 $23::int[])
          AS u(order_id, status, state, deadline, steps, terminal, was)
     WHERE sagas.order_id = u.order_id AND sagas.steps = u.was
@@ -205,8 +212,9 @@ WITH s AS (
     RETURNING sagas.order_id
 ), h AS (
     INSERT INTO saga_history (order_id, seq, at, saga_status, event, detail)
-    SELECT * FROM unnest($8::text[], $9::int[], $10::timestamptz[], $11::text[], $12::text[],
-                         $13::text[]) AS x (order_id, seq, at, saga_status, event, detail)
+    SELECT order_id, seq, to_timestamp(at), saga_status, event, detail
+    FROM unnest($8::text[], $9::int[], $10::float8[], $11::text[], $12::text[], $13::text[])
+        AS x (order_id, seq, at, saga_status, event, detail)
     WHERE x.order_id IN (SELECT order_id FROM s)
 ), e AS (
     UPDATE orders SET status = x.status, updated_at = $7
@@ -258,14 +266,14 @@ async def save(
         ids.append(saga.order_id)
         statuses.append(saga.status.value)
         states.append(encode_state(saga))
-        deadlines.append(ts(saga.deadline))
+        deadlines.append(saga.deadline)
         steps.append(stored.after(decision).steps)
         terminal.append(saga.status in TERMINAL)
         was.append(stored.steps)
         for i, step in enumerate(decision.history, start=stored.steps + 1):
             h_ids.append(saga.order_id)
             h_seq.append(i)
-            h_at.append(ts(step.at))
+            h_at.append(step.at)
             h_status.append(step.saga_status.value)
             h_event.append(step.event)
             h_detail.append(step.detail)
