@@ -39,6 +39,11 @@ ORDER_STATUS = {
 }
 
 
+def order_status(saga_status: SagaStatus) -> str:
+    """The order's status: PENDING until its saga ends."""
+    return ORDER_STATUS.get(saga_status, "PENDING")
+
+
 class Saga(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     # Stored as a MessagePack array of the fields in this order (order_service.store): add
     # a field at the end only, with a default, so that states written before still decode.

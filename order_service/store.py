@@ -19,7 +19,7 @@ import msgspec
 from jetsaga import contracts as c
 from jetsaga import inbox, outbox
 from jetsaga.outbox import Outgoing
-from order_service.saga import ORDER_STATUS, TERMINAL, Decision, Saga
+from order_service.saga import ORDER_STATUS, TERMINAL, Decision, Saga, SagaStatus, order_status
 
 COUNT_SLOTS = 16
 # A saga's state is written at each of its steps, so its size is WAL at each step: as a
@@ -97,9 +97,9 @@ WITH i AS (
              request_hash, at, state, deadline, msg_id, payload, traceparent)
 ), o AS (
     INSERT INTO orders (order_id, customer_id, items, total_amount, currency,
-                        idempotency_key, request_hash, created_at, updated_at)
+                        idempotency_key, request_hash, created_at)
     SELECT order_id, customer_id, items::jsonb, total_amount, currency, idempotency_key,
-           request_hash, at, at FROM i
+           request_hash, at FROM i
     ON CONFLICT DO NOTHING
     RETURNING order_id
 ), s AS (
@@ -151,13 +151,18 @@ async def find_existing(
     conn: asyncpg.Connection, order_id: str, key: str | None
 ) -> ExistingOrder | None:
     row = await conn.fetchrow(
-        "SELECT o.order_id, o.request_hash, o.status, s.status AS saga_status"
+        "SELECT o.order_id, o.request_hash, s.status"
         " FROM orders o JOIN sagas s USING (order_id)"
         " WHERE o.order_id = $1 OR ($2::text IS NOT NULL AND o.idempotency_key = $2)"
         " ORDER BY (o.idempotency_key = $2) DESC NULLS LAST LIMIT 1",
         order_id, key,
     )  # fmt: skip
-    return None if row is None else ExistingOrder(*row.values())
+    if row is None:
+        return None
+    saga_status = SagaStatus(row["status"])
+    return ExistingOrder(
+        row["order_id"], row["request_hash"], order_status(saga_status), saga_status.value
+    )
 
 
 _READ = """
@@ -190,9 +195,9 @@ async def lock_due_sagas(conn: asyncpg.Connection, now: float, limit: int) -> di
 
 # Each saga is written only if it still has the steps it was read with ($23) and none of
 # the messages that changed it ($25 with $26) was applied before (the caller may not have
-# read the inbox); its history, the end of its order and its messages only if it was. An
-# inbox key is claimed if the saga its message changed was written, or if its message
-# changed nothing (NULL).
+# read the inbox); its history, the count of its order's end and its messages only if it
+# was. An inbox key is claimed if the saga its message changed was written, or if its
+# message changed nothing (NULL).
 _SAVE = f"""
 WITH s AS (
     UPDATE sagas SET status = u.status, state = u.state, deadline = to_timestamp(u.deadline),
@@ -217,13 +222,9 @@ WITH s AS (
         AS x (order_id, seq, at, saga_status, event, detail)
     WHERE x.order_id IN (SELECT order_id FROM s)
 ), e AS (
-    UPDATE orders SET status = x.status, updated_at = $7
-    FROM unnest($14::text[], $15::text[]) AS x(order_id, status)
-    -- The guard in a form the planner cannot search by: as an index condition, the
-    -- generic plan read every PENDING order through orders_status_newest.
-    WHERE orders.order_id = x.order_id AND (orders.status = 'PENDING') IS TRUE
-        AND x.order_id IN (SELECT order_id FROM s)
-    RETURNING orders.status
+    -- The orders that end: a saga that ends is written once, from a state not ended.
+    SELECT x.status FROM unnest($14::text[], $15::text[]) AS x(order_id, status)
+    WHERE x.order_id IN (SELECT order_id FROM s)
 ), d AS (
     SELECT status, count(*) AS k FROM e GROUP BY status
     UNION ALL SELECT 'PENDING', -count(*) FROM e
@@ -329,7 +330,7 @@ def _view(row: asyncpg.Record, history: tuple[HistoryView, ...] = ()) -> OrderVi
     return OrderView(
         order_id=row["order_id"], customer_id=row["customer_id"],
         items=_items_decoder.decode(row["items"]), total_amount=row["total_amount"],
-        currency=row["currency"], status=row["status"], saga_status=saga.status.value,
+        currency=row["currency"], status=order_status(saga.status), saga_status=saga.status.value,
         reason=saga.reason, payment_id=saga.payment_id, reservation_id=saga.reservation_id,
         created_at=_iso(row["created_at"]), updated_at=_iso(row["updated_at"]), history=history,
     )  # fmt: skip
@@ -337,7 +338,7 @@ def _view(row: asyncpg.Record, history: tuple[HistoryView, ...] = ()) -> OrderVi
 
 _SELECT_VIEW = (
     "SELECT o.order_id, o.customer_id, o.items::text AS items, o.total_amount, o.currency,"
-    " o.status, o.created_at, s.updated_at, s.state FROM orders o JOIN sagas s USING (order_id)"
+    " o.created_at, s.updated_at, s.state FROM orders o JOIN sagas s USING (order_id)"
 )
 
 
@@ -355,6 +356,30 @@ async def get_order(conn: asyncpg.Connection, order_id: str) -> OrderView | None
     return _view(row, history)
 
 
+def _list(where: str, newest: tuple[str, str]) -> str:
+    time, order_id = newest
+    return (
+        _SELECT_VIEW + f" WHERE ($1::text IS NULL OR o.customer_id = $1) AND {where}"
+        f" AND ($2::timestamptz IS NULL OR ({time}, {order_id}) < ($2, $3))"
+        f" ORDER BY {time} DESC, {order_id} DESC LIMIT $4"
+    )
+
+
+_LIST = _list("TRUE", ("o.created_at", "o.order_id"))
+# Each status's predicate is its index's: sagas_in_flight, or sagas_ended_newest.
+_LIST_BY_STATUS = {
+    "PENDING": _list(
+        "s.status NOT IN ('COMPLETED', 'FAILED', 'COMPENSATED')", ("s.started_at", "s.order_id")
+    ),
+    **{
+        order: _list(
+            f"s.ended_at IS NOT NULL AND s.status = '{saga.value}'", ("s.started_at", "s.order_id")
+        )
+        for saga, order in ORDER_STATUS.items()
+    },
+}
+
+
 async def list_orders(
     conn: asyncpg.Connection,
     customer_id: str | None,
@@ -362,14 +387,14 @@ async def list_orders(
     limit: int,
     after: tuple[datetime.datetime, str] | None,
 ) -> list[OrderView]:
-    """Newest first; `after` is the (created_at, order_id) of the previous page's last order."""
+    """Newest first; `after` is the (created_at, order_id) of the previous page's last order.
+
+    Orders of one status are found through their sagas' indexes (in flight, or ended with
+    that status), in the order of the sagas' started_at, which is the orders' created_at."""
+    sql = _LIST if status is None else _LIST_BY_STATUS[status]
     rows = await conn.fetch(
-        _SELECT_VIEW
-        + " WHERE ($1::text IS NULL OR o.customer_id = $1) AND ($2::text IS NULL OR o.status = $2)"
-        " AND ($3::timestamptz IS NULL OR (o.created_at, o.order_id) < ($3, $4))"
-        " ORDER BY o.created_at DESC, o.order_id DESC LIMIT $5",
-        customer_id, status, after[0] if after else None, after[1] if after else None, limit,
-    )  # fmt: skip
+        sql, customer_id, after[0] if after else None, after[1] if after else None, limit
+    )
     return [_view(r) for r in rows]
 
 

@@ -150,6 +150,81 @@ async def test_saved_transitions_append_history_and_end_the_order(pool: asyncpg.
     assert stats.compensations_recent == 1 and stats.compensated_recent == 1
 
 
+async def apply(pool: asyncpg.Pool, order_id: str, *events: contracts.AnyMessage) -> None:
+    """Each event as the coordinator applies it: read, decide, save."""
+    ctx = Context(now=time.time(), payment_timeout_s=60)
+    for event in events:
+        async with pool.acquire() as conn:
+            key = contracts.message_id(contracts.subject_of(event), order_id)
+            _, sagas = await store.read(conn, "test", [key], [order_id])
+            changes, out = handlers.decide(sagas, [(event, "m", None)], ctx)
+            assert (await store.save(conn, changes, ctx.now, out, "test", [(key, order_id)]))[0]
+
+
+async def test_orders_listed_by_status_come_from_their_sagas_newest_first(
+    pool: asyncpg.Pool,
+) -> None:
+    orders = [(await stored_order(pool)).order for _ in range(8)]
+    for order in orders[:3]:  # confirmed
+        await apply(
+            pool, order.order_id,
+            contracts.InventoryReserved(order_id=order.order_id, reservation_id="r",
+                                        items=order.items, expires_at="x"),
+            contracts.PaymentSucceeded(order_id=order.order_id, payment_id="p",
+                                       amount=order.total_amount, stripe_payment_intent_id="pi"),
+        )  # fmt: skip
+    for order in orders[3:5]:  # failed
+        await apply(pool, order.order_id, contracts.InventoryOutOfStock(
+            order_id=order.order_id, unavailable_items=()))  # fmt: skip
+    newest_first = [o.order_id for o in reversed(orders)]
+    expected = {
+        "CONFIRMED": [i for i in newest_first if i in {o.order_id for o in orders[:3]}],
+        "FAILED": [i for i in newest_first if i in {o.order_id for o in orders[3:5]}],
+        "PENDING": [i for i in newest_first if i in {o.order_id for o in orders[5:]}],
+        "CANCELLED": [],
+        None: newest_first,
+    }
+    async with pool.acquire() as conn:
+        for status, ids in expected.items():
+            seen: list[str] = []
+            after = None
+            while True:  # pages of two, each after the last order of the one before
+                page = await store.list_orders(conn, None, status, 2, after)
+                assert all(v.status == status for v in page) or status is None
+                seen += [v.order_id for v in page]
+                if len(page) < 2:
+                    break
+                at = await store.created_at_of(conn, page[-1].order_id)
+                assert at is not None
+                after = (at, page[-1].order_id)
+            assert seen == ids, status
+        assert [v.order_id for v in await store.list_orders(conn, "c", "FAILED", 5, None)] == (
+            expected["FAILED"]
+        )
+        assert await store.list_orders(conn, "someone else", "FAILED", 5, None) == []
+
+
+@pytest.mark.parametrize(
+    ("status", "index"),
+    [("PENDING", "sagas_in_flight"), ("CONFIRMED", "sagas_ended_newest"),
+     ("FAILED", "sagas_ended_newest")],
+)  # fmt: skip
+async def test_orders_of_one_status_are_read_through_an_index_of_that_status(
+    pool: asyncpg.Pool, status: str, index: str
+) -> None:
+    """Not by reading every order newest first until the page is full: a status that few
+    orders have would read them all."""
+    async with pool.acquire() as conn:
+        await conn.execute("SET enable_seqscan = off")  # the tables are nearly empty here
+        plan = "\n".join(
+            r[0]
+            for r in await conn.fetch(
+                "EXPLAIN " + store._LIST_BY_STATUS[status], None, None, None, 50
+            )
+        )
+    assert index in plan, plan
+
+
 async def test_a_saga_stored_as_json_before_is_read_advanced_and_stored_compact(
     pool: asyncpg.Pool,
 ) -> None:

@@ -133,7 +133,7 @@ async def existing_orders(database_url: str) -> set[str]:
 
 QUIET_CHECKS: dict[str, dict[str, str]] = {
     "order_service": {
-        "pending orders": "SELECT count(*) FROM orders WHERE status = 'PENDING'",
+        "pending orders": "SELECT count(*) FROM sagas WHERE ended_at IS NULL",
         "unpublished order outbox rows": "SELECT count(*) FROM outbox",
     },
     "inventory_service": {
