@@ -7,7 +7,8 @@
 -- Orders listed by status are found through the sagas, newest first by started_at, which
 -- is the order's created_at (both are set from one value at intake): the sagas in flight by
 -- sagas_in_flight, the ended ones by this index, which takes an entry when a saga ends.
--- (On a large existing table, CREATE INDEX blocks writes to sagas while it builds.)
+-- (On a large existing table, CREATE INDEX blocks writes to sagas while it builds. Order
+-- workers of the version before this one write the dropped columns: stop them first.)
 CREATE INDEX sagas_ended_newest ON sagas (status, started_at DESC, order_id DESC)
     WHERE ended_at IS NOT NULL;
 DROP INDEX orders_status_newest;
