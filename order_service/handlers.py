@@ -220,6 +220,7 @@ class Coordinator:
             try:
                 async with self._pool.acquire() as conn:
                     stats = await store.saga_stats(conn, metrics.WINDOW_S)
+                    await store.prune_saga_ends(conn, 2 * metrics.WINDOW_S)
                     pruned = await inbox.prune(conn)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 pass

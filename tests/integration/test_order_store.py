@@ -63,6 +63,17 @@ def reserved_for(order: store.NewOrder) -> contracts.InventoryReserved:
                                        items=order.order.items, expires_at="x")  # fmt: skip
 
 
+async def apply(pool: asyncpg.Pool, order_id: str, *events: contracts.AnyMessage) -> None:
+    """Each event as the coordinator applies it: read, decide, save."""
+    ctx = Context(now=time.time(), payment_timeout_s=60)
+    for event in events:
+        async with pool.acquire() as conn:
+            key = contracts.message_id(contracts.subject_of(event), order_id)
+            _, sagas = await store.read(conn, "test", [key], [order_id])
+            changes, out = handlers.decide(sagas, [(event, "m", None)], ctx)
+            assert (await store.save(conn, changes, ctx.now, out, "test", [(key, order_id)]))[0]
+
+
 async def test_a_group_writes_order_saga_history_count_and_outbox_together(
     pool: asyncpg.Pool,
 ) -> None:
@@ -148,17 +159,33 @@ async def test_saved_transitions_append_history_and_end_the_order(pool: asyncpg.
     ]  # fmt: skip
     assert stats.status_counts == {"PENDING": 0, "CANCELLED": 1}
     assert stats.compensations_recent == 1 and stats.compensated_recent == 1
+    assert stats.ended_recent == 1 and stats.completed_recent == 0
 
 
-async def apply(pool: asyncpg.Pool, order_id: str, *events: contracts.AnyMessage) -> None:
-    """Each event as the coordinator applies it: read, decide, save."""
-    ctx = Context(now=time.time(), payment_timeout_s=60)
-    for event in events:
-        async with pool.acquire() as conn:
-            key = contracts.message_id(contracts.subject_of(event), order_id)
-            _, sagas = await store.read(conn, "test", [key], [order_id])
-            changes, out = handlers.decide(sagas, [(event, "m", None)], ctx)
-            assert (await store.save(conn, changes, ctx.now, out, "test", [(key, order_id)]))[0]
+async def test_ended_sagas_are_counted_by_the_second_they_ended(pool: asyncpg.Pool) -> None:
+    orders = [(await stored_order(pool)).order for _ in range(3)]
+    for order in orders[:2]:
+        await apply(
+            pool, order.order_id,
+            contracts.InventoryReserved(order_id=order.order_id, reservation_id="r",
+                                        items=order.items, expires_at="x"),
+            contracts.PaymentSucceeded(order_id=order.order_id, payment_id="p",
+                                       amount=order.total_amount, stripe_payment_intent_id="pi"),
+        )  # fmt: skip
+    await apply(pool, orders[2].order_id, contracts.InventoryOutOfStock(
+        order_id=orders[2].order_id, unavailable_items=()))  # fmt: skip
+    async with pool.acquire() as conn:
+        await conn.execute(  # ended ten minutes ago: outside the window, then pruned
+            "INSERT INTO saga_ends VALUES (floor(extract(epoch FROM now()))::bigint - 600,"
+            " 'CONFIRMED', 0, 7)"
+        )
+        stats = await store.saga_stats(conn, 300)
+        assert (stats.ended_recent, stats.completed_recent) == (3, 2)
+        assert (await store.saga_stats(conn, 900)).ended_recent == 10
+        await store.prune_saga_ends(conn, 300)
+        assert (await store.saga_stats(conn, 900)).ended_recent == 3
+        ends = await conn.fetch("SELECT status, sum(n) AS n FROM saga_ends GROUP BY status")
+    assert {r["status"]: r["n"] for r in ends} == {"CONFIRMED": 2, "FAILED": 1}
 
 
 async def test_orders_listed_by_status_come_from_their_sagas_newest_first(
