@@ -74,6 +74,23 @@ async def apply(pool: asyncpg.Pool, order_id: str, *events: contracts.AnyMessage
             assert (await store.save(conn, changes, ctx.now, out, "test", [(key, order_id)]))[0]
 
 
+async def confirm(pool: asyncpg.Pool, order: contracts.OrderCreated) -> None:
+    """Reserved, then paid: the saga COMPLETED, the order CONFIRMED."""
+    await apply(
+        pool, order.order_id,
+        contracts.InventoryReserved(order_id=order.order_id, reservation_id="r",
+                                    items=order.items, expires_at="x"),
+        contracts.PaymentSucceeded(order_id=order.order_id, payment_id="p",
+                                   amount=order.total_amount, stripe_payment_intent_id="pi"),
+    )  # fmt: skip
+
+
+async def fail(pool: asyncpg.Pool, order: contracts.OrderCreated) -> None:
+    """Out of stock: the saga and the order FAILED."""
+    await apply(pool, order.order_id, contracts.InventoryOutOfStock(
+        order_id=order.order_id, unavailable_items=()))  # fmt: skip
+
+
 async def test_a_group_writes_order_saga_history_count_and_outbox_together(
     pool: asyncpg.Pool,
 ) -> None:
@@ -165,15 +182,8 @@ async def test_saved_transitions_append_history_and_end_the_order(pool: asyncpg.
 async def test_ended_sagas_are_counted_by_the_second_they_ended(pool: asyncpg.Pool) -> None:
     orders = [(await stored_order(pool)).order for _ in range(3)]
     for order in orders[:2]:
-        await apply(
-            pool, order.order_id,
-            contracts.InventoryReserved(order_id=order.order_id, reservation_id="r",
-                                        items=order.items, expires_at="x"),
-            contracts.PaymentSucceeded(order_id=order.order_id, payment_id="p",
-                                       amount=order.total_amount, stripe_payment_intent_id="pi"),
-        )  # fmt: skip
-    await apply(pool, orders[2].order_id, contracts.InventoryOutOfStock(
-        order_id=orders[2].order_id, unavailable_items=()))  # fmt: skip
+        await confirm(pool, order)
+    await fail(pool, orders[2])
     async with pool.acquire() as conn:
         await conn.execute(  # ended ten minutes ago: outside the window, then pruned
             "INSERT INTO saga_ends VALUES (floor(extract(epoch FROM now()))::bigint - 600,"
@@ -192,17 +202,10 @@ async def test_orders_listed_by_status_come_from_their_sagas_newest_first(
     pool: asyncpg.Pool,
 ) -> None:
     orders = [(await stored_order(pool)).order for _ in range(8)]
-    for order in orders[:3]:  # confirmed
-        await apply(
-            pool, order.order_id,
-            contracts.InventoryReserved(order_id=order.order_id, reservation_id="r",
-                                        items=order.items, expires_at="x"),
-            contracts.PaymentSucceeded(order_id=order.order_id, payment_id="p",
-                                       amount=order.total_amount, stripe_payment_intent_id="pi"),
-        )  # fmt: skip
-    for order in orders[3:5]:  # failed
-        await apply(pool, order.order_id, contracts.InventoryOutOfStock(
-            order_id=order.order_id, unavailable_items=()))  # fmt: skip
+    for order in orders[:3]:
+        await confirm(pool, order)
+    for order in orders[3:5]:
+        await fail(pool, order)
     newest_first = [o.order_id for o in reversed(orders)]
     expected = {
         "CONFIRMED": [i for i in newest_first if i in {o.order_id for o in orders[:3]}],
