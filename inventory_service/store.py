@@ -245,7 +245,7 @@ marked AS (
 written AS (SELECT order_id FROM closed UNION ALL SELECT order_id FROM marked),
 claimed AS ({inbox.claim_if_written_statement(8, 9, 10, "written")}),
 o AS ({outbox.insert_statement(11, "m.saga_id IN (SELECT order_id FROM written)")})
-{outbox.written_rows("written", "claimed", "o")}
+{outbox.written_rows("written", "o", "claimed")}
 """
 
 

@@ -389,7 +389,7 @@ class Consumer:
             try:
                 await msg.ack()
             except nats.errors.Error:
-                # The effect is committed; a redelivery will be dropped by the inbox.
+                # The effect is committed; a redelivery will change nothing (idempotent).
                 log.warning("ack failed", extra=self._fields(delivery, "acked"))
             tracing.finish(delivery.span, "acked")
             if debug:

@@ -182,7 +182,8 @@ def message_id(subject: str, order_id: str) -> str:
 
     Each saga emits each subject at most once per order, so (subject, orderId) names a
     logical message: a re-publish of it is dropped by JetStream's duplicate window, and a
-    consumer's inbox row keyed on it makes a redelivery a no-op.
+    consumer's inbox row keyed on it (or, for the saga, its state) makes a redelivery a
+    no-op.
     """
     return f"{subject}:{order_id}"
 

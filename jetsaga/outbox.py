@@ -13,8 +13,8 @@ the work) and publishes them the same way.
 
 Deletes are committed without waiting for the WAL flush (`synchronous_commit = off`): a
 delete lost in a crash only re-publishes a message under its `Nats-Msg-Id`, which JetStream
-drops inside its duplicate window and the consumer's inbox drops after it, exactly as for a
-crash between publish and delete.
+drops inside its duplicate window and the idempotent consumer ignores after it, exactly as
+for a crash between publish and delete.
 """
 
 from __future__ import annotations
@@ -116,15 +116,15 @@ def stage(ids: list[int], messages: Sequence[Outgoing]) -> None:
         staged.append(Staged(ids, messages))
 
 
-def written_rows(written: str, claimed: str, sent: str) -> str:
-    """The final SELECT of a statement that writes a change, its inbox claims and its
-    messages only on a condition: (kind, value) rows from its CTEs `written` (order ids of
-    the changes it wrote), `claimed` (inbox keys) and `sent` (outbox ids), which
-    `stage_written` reads."""
+def written_rows(written: str, sent: str, claimed: str | None = None) -> str:
+    """The final SELECT of a statement that writes a change, its messages and, if it has
+    any, its inbox claims only on a condition: (kind, value) rows from its CTEs `written`
+    (order ids of the changes it wrote), `sent` (outbox ids) and `claimed` (inbox keys),
+    which `stage_written` reads."""
+    claims = f" UNION ALL SELECT 'claimed', msg_key FROM {claimed}" if claimed else ""
     return (
         f"SELECT 'written' AS kind, order_id AS value FROM {written}"
-        f" UNION ALL SELECT 'claimed', msg_key FROM {claimed}"
-        f" UNION ALL SELECT 'sent', id::text FROM {sent}"
+        f" UNION ALL SELECT 'sent', id::text FROM {sent}{claims}"
     )
 
 

@@ -1,14 +1,13 @@
 """The sagas in flight as this worker last wrote them, so that their next event is decided
 without reading them back.
 
-A coordinator batch read its sagas (and which of its messages were applied before) in one
-round trip, then wrote them in a second. Most events of a saga come back to the worker that
-wrote its last step, which knows the state it wrote: for those the read is skipped. Entries
-are hints, never the truth. `store.save` writes a saga only if it still has the steps its
-entry was taken at, and only if none of the messages applied to it was applied before (the
-inbox); a saga it did not write is decided again from a fresh read. So a stale entry (a
-step written by another replica, or by a concurrent batch of this one) or a redelivered
-message costs a second round, never a wrong write.
+A coordinator batch read its sagas in one round trip, then wrote them in a second. Most
+events of a saga come back to the worker that wrote its last step, which knows the state it
+wrote: for those the read is skipped. Entries are hints, never the truth. `store.save`
+writes a saga only if it still has the steps its entry was taken at; a saga it did not
+write is decided again from a fresh read. So a stale entry (a step written by another
+replica, or by a concurrent batch of this one) costs a second round, never a wrong write,
+and a message applied before changes nothing on the saga as it is.
 
 Ended sagas are not kept (a late event for one is rare, and read), nor more than `limit`
 sagas: past it, the oldest entry goes, so a backlog of stuck sagas cannot grow the worker.

@@ -1,14 +1,17 @@
 """The saga execution coordinator: applies events and timeouts to sagas.
 
 A batch holds no lock. It takes its sagas as this worker last wrote them (its cache,
-`order_service.cache`) or, for those it does not hold, reads them together with which of
-its messages were applied before; runs the pure `transition` for each new event; then
-writes states, history, outgoing messages and inbox claims in one statement, each saga only
-if it has not changed since and none of its messages was applied before. An event whose
-saga was not written (changed meanwhile by the other consumer, another replica or the
-sweep, or a redelivery) is decided again from a fresh read. The timeout sweep locks sagas
-whose deadline passed, with `SKIP LOCKED`, so that every replica sweeps without two of them
-firing one timeout, and saves them the same way.
+`order_service.cache`) or, for those it does not hold, reads them; runs the pure
+`transition` for each event; then writes states, history and outgoing messages in one
+statement, each saga only if it has not changed since. An event whose saga was not written
+(changed meanwhile by the other consumer, another replica or the sweep) is decided again
+from a fresh read.
+
+Idempotency is the saga's own: `transition` moves a saga only on an event its state still
+waits for, so a redelivered or duplicated message changes nothing, and no inbox row is
+kept for it. The timeout sweep locks sagas whose deadline passed, with `SKIP LOCKED`, so
+that every replica sweeps without two of them firing one timeout, and saves them the same
+way.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import asyncpg
 
 from jetsaga import inbox, outbox
 from jetsaga.config import Settings
-from jetsaga.consumer import Delivery, Handler, PermanentError, TransientError
+from jetsaga.consumer import Delivery, PermanentError, TransientError
 from jetsaga.outbox import OutboxRelay, Outgoing
 from jetsaga.waits import pause
 from order_service import metrics, store
@@ -46,10 +49,13 @@ def decide(
     sagas: dict[str, store.StoredSaga],
     events: Iterable[tuple[Event, str, str | None]],
     ctx: Context,
-) -> tuple[list[Change], list[Outgoing]]:
-    """Apply events (with their causation id and traceparent) in order; pure."""
+) -> tuple[list[Change], list[Outgoing], set[str]]:
+    """Apply events (with their causation id and traceparent) in order; pure. Returns the
+    changes, the messages they emit and the causation ids of the events that changed their
+    saga (an event that changes nothing was applied before, or is stale for its saga)."""
     merged: dict[str, Change] = {}
     out: list[Outgoing] = []
+    moved: set[str] = set()
     for event, causation, traceparent in events:
         before = sagas.get(event.order_id)
         if before is None:
@@ -58,12 +64,13 @@ def decide(
         decision = transition(so_far.saga, event, ctx)
         if not decision.changed:
             continue
+        moved.add(causation)
         merged[event.order_id] = (
             base,
             Decision(decision.saga, so_far.emit + decision.emit, so_far.history + decision.history),
         )
         out.extend(outbox.outgoing(m, causation, traceparent) for m in decision.emit)
-    return list(merged.values()), out
+    return list(merged.values()), out, moved
 
 
 def observe(changes: Sequence[Change], now: float) -> None:
@@ -108,35 +115,35 @@ class Coordinator:
     def _ctx(self, now: float) -> Context:
         return Context(now=now, payment_timeout_s=self._settings.payment_timeout_s)
 
-    def handler(self, durable: str) -> Handler:
-        async def handle(batch: Sequence[Delivery]) -> int:
-            pending, duplicates = list(batch), 0
-            for round_ in range(MAX_ROUNDS):
-                # Sagas changed under a round are decided again from a fresh read.
-                applied, redo = await self._round(durable, pending, cached=round_ == 0)
-                duplicates += len(pending) - applied - len(redo)
-                if not redo:
-                    return duplicates
-                pending = redo
-            raise TransientError("sagas kept changing under this batch")
-
-        return handle
+    async def handle(self, batch: Sequence[Delivery]) -> int:
+        """The handler of both consumers of events (`Handler`): applies a batch; returns
+        how many of its messages changed nothing (duplicates, or stale for their saga)."""
+        pending, duplicates = list(batch), 0
+        for round_ in range(MAX_ROUNDS):
+            # Sagas changed under a round are decided again from a fresh read.
+            applied, redo = await self._round(pending, cached=round_ == 0)
+            duplicates += len(pending) - applied - len(redo)
+            if not redo:
+                return duplicates
+            pending = redo
+        raise TransientError("sagas kept changing under this batch")
 
     async def _round(
-        self, durable: str, batch: Sequence[Delivery], *, cached: bool
+        self, batch: Sequence[Delivery], *, cached: bool
     ) -> tuple[int, list[Delivery]]:
         """Apply a batch, or what of it can be, with no lock held: take the sagas from the
-        cache (`cached`) or read them with the inbox, decide, and write each saga only if it
-        did not change meanwhile and none of its messages was applied before. Returns how
-        many messages were applied (their key claimed now, or their saga written), and the
+        cache (`cached`) or read them, decide, and write each saga only if it did not change
+        meanwhile. Returns how many messages changed a saga that was written, and the
         messages whose saga was not written, to decide again from a fresh read."""
         now = time.time()
-        order_ids = {d.message.order_id for d in batch}
+        # One copy of each logical message: a redelivery may share a batch with the first.
+        fresh = inbox.first_fresh(batch, {d.key for d in batch})
+        order_ids = {d.message.order_id for d in fresh}
         sagas: dict[str, store.StoredSaga] = {}
-        unknown = batch
+        unknown: Sequence[Delivery] = fresh
         if cached:
             unknown = []
-            for d in batch:
+            for d in fresh:
                 if (hit := self._cache.get(d.message.order_id)) is not None:
                     sagas[hit.saga.order_id] = hit
                 else:
@@ -146,38 +153,24 @@ class Coordinator:
         hits = set(sagas)
         try:
             async with self._relay.statements() as conn:
-                seen: set[str] = set()
                 if unknown:
-                    seen, read = await store.read(
-                        conn,
-                        durable,
-                        [d.key for d in unknown],
-                        [d.message.order_id for d in unknown],
-                    )
-                    sagas.update(read)
-                fresh = inbox.first_fresh(batch, {d.key for d in batch} - seen)
+                    sagas.update(await store.read(conn, [d.message.order_id for d in unknown]))
                 events = ((d.message, d.msg_id, d.traceparent) for d in fresh)
-                changes, out = decide(sagas, events, self._ctx(now))
+                changes, out, moved = decide(sagas, events, self._ctx(now))
                 changing = {stored.saga.order_id for stored, _ in changes}
-                # A message that changes nothing on a cached saga may have met a stale entry
-                # (a step another replica wrote): it is not claimed, but decided again from
-                # a fresh read. A written saga proves its entry was current, so the messages
-                # merged into its change are claimed with it.
-                unsure = hits - changing
-                claims = [
-                    (d.key, d.message.order_id if d.message.order_id in changing else None)
-                    for d in fresh
-                    if d.message.order_id not in unsure
-                ]
-                written, claimed = await store.save(conn, changes, now, out, durable, claims)
+                written = await store.save(conn, changes, now, out)
         except BaseException:
             self._cache.drop(order_ids)  # a write may or may not have committed
             raise
+        # A message that changes nothing on a cached saga may have met a stale entry (a step
+        # another replica wrote): it is decided again from a fresh read. On a saga read
+        # just now it was applied before, or is stale for the saga's state: a duplicate.
+        unsure = hits - changing
         self._cache.drop(unsure)
         self._remember(changes, written)
         observe([change for change in changes if change[0].saga.order_id in written], now)
         redo = [d for d in fresh if d.message.order_id in (changing - written) | unsure]
-        applied = sum(d.key in claimed or d.message.order_id in written for d in fresh)
+        applied = sum(d.msg_id in moved and d.message.order_id in written for d in fresh)
         return applied, redo
 
     def _remember(self, changes: Sequence[Change], written: set[str]) -> None:
@@ -194,9 +187,9 @@ class Coordinator:
         async with self._relay.transaction() as conn:
             locked = await store.lock_due_sagas(conn, now, SWEEP_BATCH)
             events = ((Timeout(order_id), f"timeout:{order_id}", None) for order_id in locked)
-            changes, out = decide(locked, events, self._ctx(now))
+            changes, out, _ = decide(locked, events, self._ctx(now))
             try:
-                written, _ = await store.save(conn, changes, now, out)  # locked: all written
+                written = await store.save(conn, changes, now, out)  # locked: all written
             except BaseException:
                 self._cache.drop(locked)
                 raise

@@ -22,7 +22,7 @@ async def wire(rt: runtime.Runtime) -> runtime.Parts:
     intake = IntakeWriter(rt.pool, rt.relay, cache=cache)
     return runtime.Parts(
         consumers=[
-            (CONSUMERS_BY_DURABLE[d], coordinator.handler(d))
+            (CONSUMERS_BY_DURABLE[d], coordinator.handle)
             for d in ("order-service-inventory", "order-service-payment")
         ],
         routes=api.routes(rt.pool, rt.settings, intake),

@@ -64,6 +64,7 @@ class Saga(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     refunded: bool = False
     release_requested: bool = False
     released: bool = False
+    confirmation_resent: bool = False  # COMPLETED: orders.confirmed sent again once
 
     @property
     def deadline(self) -> float | None:
@@ -177,14 +178,16 @@ def transition(saga: Saga, event: Event, ctx: Context) -> Decision:
             s is SagaStatus.COMPENSATING and saga.retry_at is not None and ctx.now >= saga.retry_at
         ):
             return _resend_compensation(saga, ctx, name)
-        case c.InventoryReleased() if s is SagaStatus.COMPLETED:
+        case c.InventoryReleased() if s is SagaStatus.COMPLETED and not saga.confirmation_resent:
             # The reservation of a confirmed order expired: its orders.confirmed never
-            # reached inventory (lost with a crashed broker). Confirm it again.
+            # reached inventory (lost with a crashed broker). Confirm it again, once: a
+            # reservation is released once, so another such event is the same one again.
             again = c.OrderConfirmed(
                 order_id=saga.order_id, payment_id=saga.payment_id or "", timestamp=iso(ctx.now)
             )
             step = Step(ctx.now, s, name, f"{event.reason}: confirmation sent again")
-            return Decision(saga, (again,), (step,))
+            resent = msgspec.structs.replace(saga, confirmation_resent=True)
+            return Decision(resent, (again,), (step,))
         case c.InventoryReleased() if s is SagaStatus.PAYMENT_PROCESSING:
             # The reservation expired under a payment still in flight.
             expired = msgspec.structs.replace(saga, released=True, release_requested=True)

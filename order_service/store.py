@@ -17,7 +17,7 @@ import asyncpg
 import msgspec
 
 from jetsaga import contracts as c
-from jetsaga import inbox, outbox
+from jetsaga import outbox
 from jetsaga.outbox import Outgoing
 from order_service.saga import ORDER_STATUS, TERMINAL, Decision, Saga, SagaStatus, order_status
 
@@ -165,23 +165,13 @@ async def find_existing(
     )
 
 
-_READ = """
-SELECT msg_key, NULL AS order_id, NULL::bytea AS state, NULL::int AS steps
-    FROM processed_messages WHERE consumer = $1 AND msg_key = ANY($2::text[])
-UNION ALL
-SELECT NULL, order_id, state, steps FROM sagas WHERE order_id = ANY($3::text[])
-"""
+_READ = "SELECT order_id, state, steps FROM sagas WHERE order_id = ANY($1::text[])"
 
 
-async def read(
-    conn: asyncpg.Connection, consumer: str, keys: Sequence[str], order_ids: Sequence[str]
-) -> tuple[set[str], dict[str, StoredSaga]]:
-    """In one statement, no lock taken: which of the inbox keys the consumer applied
-    before, and the sagas as they are (`save` writes a saga only if it is still so)."""
-    rows = await conn.fetch(_READ, consumer, list(keys), list(set(order_ids)))
-    seen = {r[0] for r in rows if r[0] is not None}
-    sagas = {r[1]: StoredSaga(decode_state(r[2]), r[3]) for r in rows if r[1] is not None}
-    return seen, sagas
+async def read(conn: asyncpg.Connection, order_ids: Sequence[str]) -> dict[str, StoredSaga]:
+    """The sagas as they are, no lock taken (`save` writes a saga only if it is still so)."""
+    rows = await conn.fetch(_READ, list(set(order_ids)))
+    return {r[0]: StoredSaga(decode_state(r[1]), r[2]) for r in rows}
 
 
 async def lock_due_sagas(conn: asyncpg.Connection, now: float, limit: int) -> dict[str, StoredSaga]:
@@ -193,27 +183,20 @@ async def lock_due_sagas(conn: asyncpg.Connection, now: float, limit: int) -> di
     return {r["order_id"]: StoredSaga(decode_state(r["state"]), r["steps"]) for r in rows}
 
 
-# Each saga is written only if it still has the steps it was read with ($23) and none of
-# the messages that changed it ($25 with $26) was applied before (the caller may not have
-# read the inbox); its history, the count of its order's end and its messages only if it
-# was. An inbox key is claimed if the saga its message changed was written, or if its
-# message changed nothing (NULL).
+# Each saga is written only if it still has the steps it was read with ($17); its history,
+# the count of its order's end and its messages only if it was.
 _SAVE = f"""
 WITH s AS (
     UPDATE sagas SET status = u.status, state = u.state, deadline = to_timestamp(u.deadline),
         steps = u.steps,
-        ended_at = CASE WHEN u.terminal THEN $7 ELSE sagas.ended_at END,
+        ended_at = CASE WHEN u.terminal THEN coalesce(sagas.ended_at, $7) END,
         compensating_at = CASE WHEN u.status = 'COMPENSATING' AND sagas.compensating_at IS NULL
                                THEN $7 ELSE sagas.compensating_at END,
         updated_at = $7
     FROM unnest($1::text[], $2::text[], $3::bytea[], $4::float8[], $5::int[], $6::bool[],
-                $23::int[])
+                $17::int[])
          AS u(order_id, status, state, deadline, steps, terminal, was)
     WHERE sagas.order_id = u.order_id AND sagas.steps = u.was
-        AND u.order_id NOT IN (
-            SELECT c.o FROM unnest($25::text[], $26::text[]) AS c (k, o)
-            JOIN processed_messages p ON p.consumer = $24 AND p.msg_key = c.k
-            WHERE c.o IS NOT NULL)
     RETURNING sagas.order_id
 ), h AS (
     INSERT INTO saga_history (order_id, seq, at, saga_status, event, detail)
@@ -236,9 +219,8 @@ WITH s AS (
     SELECT floor(extract(epoch FROM $7::timestamptz))::bigint, status, $16, count(*)
     FROM e GROUP BY status
     ON CONFLICT (second, status, slot) DO UPDATE SET n = saga_ends.n + excluded.n
-), claimed AS ({inbox.claim_if_written_statement(24, 25, 26, "s")}
-), o AS ({outbox.insert_statement(17, "m.saga_id IN (SELECT order_id FROM s)")})
-{outbox.written_rows("s", "claimed", "o")}
+), o AS ({outbox.insert_statement(18, "m.saga_id IN (SELECT order_id FROM s)")})
+{outbox.written_rows("s", "o")}
 """
 
 
@@ -247,21 +229,17 @@ async def save(
     changes: Sequence[tuple[StoredSaga, Decision]],
     now: float,
     out: Sequence[Outgoing] = (),
-    consumer: str = "",
-    claims: Sequence[tuple[str, str | None]] = (),
-) -> tuple[set[str], set[str]]:
-    """Write the new states, their history records, the ends of orders, the outgoing
-    messages and the inbox claims, in one statement (so in one transaction of its own if
-    the caller has none open).
+) -> set[str]:
+    """Write the new states, their history records, the ends of orders and the outgoing
+    messages, in one statement (so in one transaction of its own if the caller has none
+    open).
 
-    A saga is written only if it still has the steps it was read with and no message of
-    a claim naming it was applied before, and with it its history, its order's end and the
-    messages it emits (those whose saga id is its order id). A claim (key, order id) is
-    claimed only if that saga was written; (key, None), of a message that changed nothing,
-    in any case. Returns the order ids of the sagas written and the keys claimed now.
+    A saga is written only if it still has the steps it was read with, and with it its
+    history, its order's end and the messages it emits (those whose saga id is its order
+    id). Returns the order ids of the sagas written.
     """
-    if not changes and not out and not claims:
-        return set(), set()
+    if not changes and not out:
+        return set()
     at = ts(now)
     ids, statuses, states, deadlines, steps, terminal, was = [], [], [], [], [], [], []
     h_ids, h_seq, h_at, h_status, h_event, h_detail = [], [], [], [], [], []
@@ -291,13 +269,11 @@ async def save(
         *(ids, statuses, states, deadlines, steps, terminal, at),
         *(h_ids, h_seq, h_at, h_status, h_event, h_detail),
         *(ended_ids, ended_status, random.randrange(COUNT_SLOTS)),
-        *outbox.insert_args(out),
         was,
-        consumer,
-        [key for key, _ in claims],
-        [order_id for _, order_id in claims],
+        *outbox.insert_args(out),
     )
-    return outbox.stage_written(rows, out)
+    written, _ = outbox.stage_written(rows, out)
+    return written
 
 
 # --- reads for the HTTP API ----------------------------------------------------------

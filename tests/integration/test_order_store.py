@@ -68,10 +68,9 @@ async def apply(pool: asyncpg.Pool, order_id: str, *events: contracts.AnyMessage
     ctx = Context(now=time.time(), payment_timeout_s=60)
     for event in events:
         async with pool.acquire() as conn:
-            key = contracts.message_id(contracts.subject_of(event), order_id)
-            _, sagas = await store.read(conn, "test", [key], [order_id])
-            changes, out = handlers.decide(sagas, [(event, "m", None)], ctx)
-            assert (await store.save(conn, changes, ctx.now, out, "test", [(key, order_id)]))[0]
+            sagas = await store.read(conn, [order_id])
+            changes, out, _ = handlers.decide(sagas, [(event, "m", None)], ctx)
+            assert await store.save(conn, changes, ctx.now, out) == {order_id}
 
 
 async def confirm(pool: asyncpg.Pool, order: contracts.OrderCreated) -> None:
@@ -150,16 +149,14 @@ async def test_saved_transitions_append_history_and_end_the_order(pool: asyncpg.
     ctx = Context(now=time.time(), payment_timeout_s=60)
     for event in (reserved, failed, released):
         async with pool.acquire() as conn:
-            key = contracts.message_id(contracts.subject_of(event), order_id)
-            seen, sagas = await store.read(conn, "test", [key, key], [order_id, order_id])
-            assert seen == set() and list(sagas) == [order_id]
-            changes, out = handlers.decide(sagas, [(event, "m", None)], ctx)
-            claims = [(key, order_id)]
-            assert await store.save(conn, changes, ctx.now, out, "test", claims) == (
-                {order_id}, {key},
-            )  # fmt: skip
-            seen, _ = await store.read(conn, "test", [key], [order_id])
-            assert seen == {key}
+            sagas = await store.read(conn, [order_id, order_id])
+            assert list(sagas) == [order_id]
+            changes, out, moved = handlers.decide(sagas, [(event, "m", None)], ctx)
+            assert moved == {"m"}
+            assert await store.save(conn, changes, ctx.now, out) == {order_id}
+            # The same event again, on the saga as written, changes nothing.
+            again = handlers.decide(await store.read(conn, [order_id]), [(event, "m", None)], ctx)
+            assert again == ([], [], set())
     async with pool.acquire() as conn:
         view = await store.get_order(conn, order_id)
         stats = await store.saga_stats(conn, 300)
@@ -266,17 +263,17 @@ async def test_a_saga_stored_as_json_before_is_read_advanced_and_stored_compact(
         # the state as the order service wrote it before it stored MessagePack
         legacy = msgspec.json.encode(msgspec.structs.asdict(order.first.saga))
         await conn.execute("UPDATE sagas SET state = $2 WHERE order_id = $1", order_id, legacy)
-        _, sagas = await store.read(conn, "test", [], [order_id])
+        sagas = await store.read(conn, [order_id])
         assert sagas[order_id].saga == order.first.saga
         view = await store.get_order(conn, order_id)
         assert view is not None and view.saga_status == "STARTED"
         reserved = contracts.InventoryReserved(order_id=order_id, reservation_id="r-1",
                                                items=order.order.items, expires_at="x")  # fmt: skip
         ctx = Context(now=time.time(), payment_timeout_s=60)
-        changes, out = handlers.decide(sagas, [(reserved, "m", None)], ctx)
-        assert (await store.save(conn, changes, ctx.now, out))[0] == {order_id}
+        changes, out, _ = handlers.decide(sagas, [(reserved, "m", None)], ctx)
+        assert await store.save(conn, changes, ctx.now, out) == {order_id}
         state = await conn.fetchval("SELECT state FROM sagas WHERE order_id = $1", order_id)
-        _, sagas = await store.read(conn, "test", [], [order_id])
+        sagas = await store.read(conn, [order_id])
     assert state[:1] != b"{"
     assert sagas[order_id].saga.status is SagaStatus.PAYMENT_PROCESSING
     assert sagas[order_id].saga.reservation_id == "r-1"
@@ -293,7 +290,7 @@ async def test_due_sagas_are_swept_once_even_by_two_sweepers(pool: asyncpg.Pool)
         async with pool.acquire() as conn, conn.transaction():
             locked = await store.lock_due_sagas(conn, later, 100)
             events = [(Timeout(i), f"timeout:{i}", None) for i in locked]
-            changes, _ = handlers.decide(locked, events, Context(later, 60))
+            changes, _, _ = handlers.decide(locked, events, Context(later, 60))
             await store.save(conn, changes, later)
             return len(changes)
 
@@ -310,15 +307,17 @@ async def test_an_event_whose_saga_changed_under_it_is_decided_again_from_the_ne
     order = await stored_order(pool)
     order_id = order.order.order_id
     coordinator = handlers.Coordinator(pool, Settings(), OutboxRelay(pool, bus.jetstream()))
-    handle = coordinator.handler("order-service-inventory")
+    handle = coordinator.handle
     event = delivery_of(reserved_for(order))
     later = time.time() + 301  # past the saga's deadline
     async with pool.acquire() as sweeper:
         timeout = sweeper.transaction()
         await timeout.start()  # the timeout of the saga, written and not committed yet
-        _, sagas = await store.read(sweeper, "", [], [order_id])
-        changes, out = handlers.decide(sagas, [(Timeout(order_id), "t", None)], Context(later, 60))
-        assert await store.save(sweeper, changes, later, out) == ({order_id}, set())
+        sagas = await store.read(sweeper, [order_id])
+        changes, out, _ = handlers.decide(
+            sagas, [(Timeout(order_id), "t", None)], Context(later, 60)
+        )
+        assert await store.save(sweeper, changes, later, out) == {order_id}
         handling = asyncio.create_task(handle([event]))  # read the saga STARTED
         await wait_until(
             lambda: pool.fetchval(
@@ -332,12 +331,10 @@ async def test_an_event_whose_saga_changed_under_it_is_decided_again_from_the_ne
     async with pool.acquire() as conn:
         view = await store.get_order(conn, order_id)
         subjects = [r["subject"] for r in await conn.fetch("SELECT subject FROM outbox")]
-        seen, _ = await store.read(conn, "order-service-inventory", [event.key], [])
     assert view is not None and view.saga_status == "COMPENSATING"
     assert view.reservation_id == "r-1"  # noted on the saga as it is now, not paid for
     assert [h.detail for h in view.history][-1] == "reserved after compensation began"
     assert contracts.PAYMENTS_PROCESS_REQUEST not in subjects
-    assert seen == {event.key}
 
 
 @pytest.mark.parametrize("cached", [False, True], ids=["read", "both-cached"])
@@ -352,10 +349,7 @@ async def test_replicas_handling_the_same_events_at_once_apply_each_once(
     for cache in caches if cached else []:  # each replica believes it started every saga
         for order in group:
             cache.put(store.StoredSaga(order.first.saga, store.FIRST_STEPS))
-    replicas = [
-        handlers.Coordinator(pool, Settings(), relay, cache).handler("order-service-inventory")
-        for cache in caches
-    ]
+    replicas = [handlers.Coordinator(pool, Settings(), relay, cache).handle for cache in caches]
     events = []
     for order in group:
         reserved = contracts.InventoryReserved(order_id=order.order.order_id, reservation_id="r",
@@ -407,11 +401,8 @@ async def test_sagas_this_worker_started_and_advanced_are_not_read_back(
     succeeded = contracts.PaymentSucceeded(order_id=order_id, payment_id="p-1", amount=500,
                                            stripe_payment_intent_id="pi_1")  # fmt: skip
 
-    assert (
-        await coordinator.handler("order-service-inventory")([delivery_of(reserved_for(order))])
-        == 0
-    )
-    assert await coordinator.handler("order-service-payment")([delivery_of(succeeded)]) == 0
+    assert await coordinator.handle([delivery_of(reserved_for(order))]) == 0
+    assert await coordinator.handle([delivery_of(succeeded)]) == 0
 
     assert reads == []  # each batch was one statement
     assert cache.get(order_id) is None  # ended: not kept
@@ -420,38 +411,34 @@ async def test_sagas_this_worker_started_and_advanced_are_not_read_back(
         subjects = [r["subject"] for r in await conn.fetch("SELECT subject FROM outbox")]
     assert view is not None and view.status == "CONFIRMED" and view.saga_status == "COMPLETED"
     assert subjects == ["orders.created", "payments.process_request", "orders.confirmed"]
-    # A late redelivery of the first event finds no entry: read, seen, not applied again.
-    assert (
-        await coordinator.handler("order-service-inventory")([delivery_of(reserved_for(order))])
-        == 1
-    )
+    # A late redelivery of the first event finds no entry: read, and changes nothing.
+    assert await coordinator.handle([delivery_of(reserved_for(order))]) == 1
     assert reads == [1]
 
 
-async def test_a_cached_saga_is_not_written_for_a_message_applied_before(
+async def test_a_message_another_replica_applied_is_not_applied_again_from_a_stale_cache(
     pool: asyncpg.Pool, bus: NATS
 ) -> None:
-    # The cache knows the saga but not the inbox: a message another replica applied (here,
-    # claimed without a change) would change the cached state. The write refuses it, and
-    # the round after it reads the inbox and drops the message.
+    # This worker's cache still holds the saga STARTED, so the event would move it again.
+    # The write refuses the stale entry, and the round after it reads the saga, on which
+    # the event changes nothing.
     order = await stored_order(pool)
     order_id = order.order.order_id
+    relay = OutboxRelay(pool, bus.jetstream())
+    event = delivery_of(reserved_for(order))
+    assert await handlers.Coordinator(pool, Settings(), relay).handle([event]) == 0
     cache = SagaCache()
     cache.put(store.StoredSaga(order.first.saga, store.FIRST_STEPS))
-    event = delivery_of(reserved_for(order))
-    await pool.execute(
-        "INSERT INTO processed_messages (consumer, msg_key) VALUES ($1, $2)",
-        "order-service-inventory", event.key,
-    )  # fmt: skip
-    coordinator = handlers.Coordinator(pool, Settings(), OutboxRelay(pool, bus.jetstream()), cache)
+    coordinator = handlers.Coordinator(pool, Settings(), relay, cache)
 
-    assert await coordinator.handler("order-service-inventory")([event]) == 1  # a duplicate
+    assert await coordinator.handle([event]) == 1  # a duplicate
 
     async with pool.acquire() as conn:
         view = await store.get_order(conn, order_id)
         subjects = [r["subject"] for r in await conn.fetch("SELECT subject FROM outbox")]
-    assert view is not None and view.saga_status == "STARTED" and len(view.history) == 1
-    assert subjects == ["orders.created"]
+    assert view is not None and view.saga_status == "PAYMENT_PROCESSING"
+    assert len(view.history) == 3
+    assert subjects == ["orders.created", "payments.process_request"]
     assert cache.get(order_id) is None  # not written: forgotten until read again
 
 
@@ -462,13 +449,13 @@ async def test_a_cache_behind_the_database_costs_a_round_not_a_wrong_write(
     order_id = order.order.order_id
     relay = OutboxRelay(pool, bus.jetstream())
     ahead = handlers.Coordinator(pool, Settings(), relay)  # another replica
-    assert await ahead.handler("order-service-inventory")([delivery_of(reserved_for(order))]) == 0
+    assert await ahead.handle([delivery_of(reserved_for(order))]) == 0
     behind = SagaCache()
     behind.put(store.StoredSaga(order.first.saga, store.FIRST_STEPS))  # still STARTED here
     failed = contracts.PaymentFailed(order_id=order_id, reason="card_declined", timestamp="x")
     coordinator = handlers.Coordinator(pool, Settings(), relay, behind)
 
-    assert await coordinator.handler("order-service-payment")([delivery_of(failed)]) == 0
+    assert await coordinator.handle([delivery_of(failed)]) == 0
 
     async with pool.acquire() as conn:
         view = await store.get_order(conn, order_id)

@@ -170,6 +170,10 @@ STATES: dict[str, Saga] = {
     "payment_processing": saga(status=S.PAYMENT_PROCESSING, **_PAYING),
     "payment_succeeded": saga(status=S.PAYMENT_SUCCEEDED, payment_id=PAYMENT_ID, **_PAYING),
     "completed": saga(status=S.COMPLETED, payment_id=PAYMENT_ID, **_HELD),
+    # A confirmed order whose expired reservation already had its confirmation sent again.
+    "completed_confirmation_resent": saga(
+        status=S.COMPLETED, payment_id=PAYMENT_ID, confirmation_resent=True, **_HELD
+    ),
     "failed": saga(status=S.FAILED, reason="out_of_stock"),
     # A timeout during payment: refund asked for, release waits for it.
     "compensating_refund_requested": saga(

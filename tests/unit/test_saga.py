@@ -755,4 +755,8 @@ def test_released_reservation_of_a_confirmed_order_sends_the_confirmation_again(
     again = transition(done, released("expired"), ctx(T0 + 900))
     confirmed = only(again, c.OrderConfirmed)
     assert (confirmed.order_id, confirmed.payment_id) == (ORDER_ID, done.payment_id)
-    assert again.saga is done and again.history[0].saga_status is S.COMPLETED
+    assert again.saga == msgspec.structs.replace(done, confirmation_resent=True)
+    assert again.history[0].saga_status is S.COMPLETED
+    # The same release delivered again finds the confirmation sent: nothing changes twice.
+    for later in (T0 + 900, T0 + 1_000):
+        assert_inert(again.saga, transition(again.saga, released("expired"), ctx(later)))
