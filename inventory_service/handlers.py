@@ -2,7 +2,9 @@
 
 Confirm applies its whole batch in one transaction: lock the reservations and the stock they
 hold, let `rules` decide in the batch's order, and write the plan back; a sold reservation
-says itself that it was sold, so it claims no inbox key. New orders and release requests
+says itself that it was sold, so it claims no inbox key. Nor does a reserved order: its
+reservation row says it was applied (only an order refused claims one). New orders and
+release requests
 take no lock and open no transaction: one statement reads the inbox and the rows the batch
 is decided on (for new orders, the stock and which orders have a reservation row; for
 releases, the reservations), `rules` decide, and one more writes the changes, the inbox
@@ -120,7 +122,11 @@ class Handlers:
         self._clock = clock
 
     async def reserve(self, batch: Sequence[Delivery]) -> int:
-        """orders.created: reserve every item of each order, or none of them."""
+        """orders.created: reserve every item of each order, or none of them.
+
+        The reservation row says an order was applied; only an order refused for want of
+        stock, which gets none, claims its inbox key. A message applied before is answered
+        again from its row."""
         expires_at = self._clock() + self._ttl
         everything = _typed(batch, OrderCreated)
         products = [item.product_id for order in everything for item in order.items]
@@ -130,6 +136,9 @@ class Handlers:
                     conn, RESERVE, [d.key for d in batch], products,
                     [order.order_id for order in everything],
                 )  # fmt: skip
+                # An order with a row was applied before (or released before it came); one
+                # refused for want of stock has no row, and its inbox key says so instead.
+                seen.update(d.key for d in batch if d.message.order_id in stock.orders_with_rows)
                 fresh = inbox.first_fresh(batch, {d.key for d in batch} - seen)
                 again = applied_before(batch, fresh)
                 await answer_again(conn, RESERVE, again, OrderCreated, reanswers.reserve)
@@ -140,8 +149,10 @@ class Handlers:
                                           expires_at)  # fmt: skip
                 out = emitted(fresh, plan, durable=RESERVE)
                 try:
+                    refused = [d.key for d, decision in zip(fresh, plan.decisions, strict=True)
+                               if decision.outcome == rules.OUT_OF_STOCK]  # fmt: skip
                     await store.open_reservations(
-                        conn, plan.deltas, plan.opened, out, RESERVE, [d.key for d in fresh]
+                        conn, plan.deltas, plan.opened, out, RESERVE, refused
                     )
                 except store.StockMoved:
                     continue  # decided on stock that fell meanwhile: decide again

@@ -34,6 +34,7 @@ from jetsaga.contracts import (
 
 Event = InventoryReserved | InventoryOutOfStock | InventoryReleased
 EXPIRED = "expired"
+OUT_OF_STOCK = "out_of_stock"
 
 
 class CannotConfirm(Exception):
@@ -71,7 +72,7 @@ def plan_reserve(
         items = summed(order.items)
         if missing := ledger.reserve(items):
             short = InventoryOutOfStock(order_id=oid, unavailable_items=missing)
-            decisions.append(Decision(oid, "out_of_stock", short))
+            decisions.append(Decision(oid, OUT_OF_STOCK, short))
             continue
         rid = str(reservation_id_for(oid))
         held = Reservation(

@@ -79,9 +79,9 @@ async def read_for_reserve(
     product_ids: Sequence[str],
     order_ids: Sequence[str],
 ) -> tuple[set[str], ForReserve]:
-    """In one statement, no lock taken: which inbox keys the consumer applied before, the
-    available stock of a batch of new orders' products, and the orders that have a
-    reservation row.
+    """In one statement, no lock taken: which inbox keys the consumer applied before (of
+    orders refused), the available stock of a batch of new orders' products, and the
+    orders that have a reservation row (applied before, or released before they came).
 
     The batch's write moves stock relative to what it holds then, and the database refuses
     stock below zero: a batch decided on stock that fell meanwhile fails (`StockMoved`).
@@ -142,8 +142,8 @@ async def open_reservations(
     keys: Sequence[str],
 ) -> None:
     """Write stock changes, the new reservations, their items, the outgoing messages and the
-    inbox claims of `keys`, in one statement (so in one transaction of its own if the
-    caller has none open)."""
+    inbox claims of `keys` (of the orders refused: they get no row), in one statement (so
+    in one transaction of its own if the caller has none open)."""
     lines = [(r.order_id, p, q) for r in opened for p, q in r.items.items()]
     try:
         outbox_ids = await conn.fetchval(

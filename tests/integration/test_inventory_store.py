@@ -333,7 +333,8 @@ async def test_a_release_that_overtakes_a_reservation_in_flight_makes_the_batch_
         paused.go.set()
         with pytest.raises(TransientError, match="reservation row appeared"):
             await task
-    assert await handlers.reserve([created("o-1", ("a", 1))]) == 0  # the loop's retry
+    # The loop's retry finds the tombstone: the order changes nothing, as a duplicate.
+    assert await handlers.reserve([created("o-1", ("a", 1))]) == 1
     assert await levels(pool, "a") == (5, 0, 0)
     assert [type(m) for m in await emitted(pool)] == [InventoryReleased]
 
@@ -629,6 +630,24 @@ async def test_an_order_out_of_stock_or_released_is_not_answered_again(
     assert await handlers.reserve(duplicates) == 3
     assert await emitted(pool) == before
     assert await levels(pool, "a") == (1, 0, 0)
+
+
+async def test_only_a_refused_order_claims_an_inbox_key_and_stays_refused_once_stock_is_back(
+    pool: asyncpg.Pool, handlers: Handlers
+) -> None:
+    await set_stock(pool, a=1)
+    assert await handlers.reserve([created("o-short", ("a", 2)), created("o-1", ("a", 1))]) == 0
+    keys = await pool.fetch("SELECT consumer, msg_key FROM processed_messages")
+    assert [tuple(k) for k in keys] == [
+        ("inventory-service", contracts.message_id(contracts.ORDERS_CREATED, "o-short"))
+    ]  # the reserved order's row says it was applied
+    await set_stock(pool, a=5)
+    before = await emitted(pool)
+    assert await handlers.reserve([created("o-short", ("a", 2)), created("o-1", ("a", 1))]) == 2
+    assert await levels(pool, "a") == (5, 1, 0)  # o-short still refused, o-1 not twice
+    assert [type(m) for m in await emitted(pool)] == [type(m) for m in before] + [
+        InventoryReserved  # o-1 answered again from its row; o-short had nothing held
+    ]
 
 
 async def test_a_reanswer_is_logged_at_info_with_its_order_subject_and_durable(
