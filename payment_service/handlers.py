@@ -2,20 +2,20 @@
 
 A round takes the first command of each order in the batch through three steps, with no
 transaction open during a gateway call:
-1. create missing rows, read every row and find commands already applied (inbox) in one
-   statement, and answer each command applied before again, from its row (its first
-   answer may have been lost), in one more statement only when there are such commands;
+1. create missing rows and read every row, in one statement;
 2. (only if some order needs a charge) after creating intents concurrently, record them in
    one statement, compare-and-set, so that no intent is ever confirmed before our row
    names it;
 3. after the gateway calls (concurrent, bounded), write the changes (compare-and-set on the
-   version read), claim the inbox keys and enqueue the answers in one statement: the
-   answers are made beforehand from the rows as the changes will leave them, and each is
-   written only if its change is applied (or, for a command that changes nothing, its key
-   had not been claimed before).
-A row that changed under a command sends that command to another round, decided afresh.
-Orders whose gateway call failed get nothing written; once the rest is committed, the batch
-is handed back (`TransientError`) and retried by the consumer loop.
+   version read) and enqueue the answers in one statement: the answers are made beforehand
+   from the rows as the changes will leave them, and each is written only if its change is
+   applied.
+The row is the record of what was applied: a command applied before finds its row settled,
+changes nothing and is answered again from it (`rules.reply`), as its first answer may have
+been lost; no inbox row is kept. A row that changed under a command sends that command to
+another round, decided afresh. Orders whose gateway call failed get nothing written; once
+the rest is committed, the batch is handed back (`TransientError`) and retried by the
+consumer loop.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from jetsaga import outbox, tracing
+from jetsaga import inbox, outbox, tracing
 from jetsaga.consumer import Delivery, PermanentError, TransientError
 from jetsaga.contracts import ProcessPayment, RefundPayment
 from payment_service import flows, metrics, rounds, rules, store
@@ -76,14 +76,14 @@ class PaymentHandler:
         for d in batch:
             if not isinstance(d.message, ProcessPayment | RefundPayment):
                 raise PermanentError(f"{d.subject} is not a payment command")
-        pending, held, errors, duplicates = list(batch), set[str](), list[Exception](), 0
-        earlier: set[str] = set()  # keys a round of this batch answered or tried to
+        # One copy of each logical message: a redelivery may share a batch with the first.
+        pending = inbox.first_fresh(batch, {d.key for d in batch})
+        held, errors, duplicates = set[str](), list[Exception](), len(batch) - len(pending)
         for _ in range(MAX_ROUNDS):
             now, pending = rounds.next_round(pending, held)
             if not now:
                 break
-            works, skipped = await self._round(now, earlier)
-            earlier.update(d.key for d in now)
+            works, skipped = await self._round(now)
             duplicates += skipped
             for w in works:
                 if w.error is not None:
@@ -96,7 +96,7 @@ class PaymentHandler:
             raise TransientError("payment rows kept changing under this batch")
         return duplicates
 
-    async def _round(self, deliveries: list[Delivery], earlier: set[str]) -> tuple[list[Work], int]:
+    async def _round(self, deliveries: list[Delivery]) -> tuple[list[Work], int]:
         # No transaction: each statement stands alone (rows change under us only through
         # compare-and-set on their version, which every writer checks), so no lock is held
         # across a gateway call. One pooled connection serves the whole round: asyncpg
@@ -104,33 +104,17 @@ class PaymentHandler:
         # put a turn of the event loop before the next statement.
         async with self._statements() as conn:
             # A command applied before has its row already: opening it again does nothing.
-            rows, done = await store.open_payments(
-                conn,
-                [rules.opening(rounds.command(d)) for d in deliveries],
-                CONSUMER,
-                [d.key for d in deliveries],
+            rows = await store.open_payments(
+                conn, [rules.opening(rounds.command(d)) for d in deliveries]
             )
-            fresh = [d for d in deliveries if d.key not in done]
-            again = []
-            if len(fresh) < len(deliveries):
-                duplicates = [d for d in deliveries if d.key in done and d.key not in earlier]
-                again = rounds.reanswers(duplicates, rows)
-                # A re-answer has the first answer's Nats-Msg-Id (its subject and orderId),
-                # so JetStream drops it inside its duplicate window and stores it after.
-                if again:
-                    await outbox.enqueue(
-                        conn, [outbox.outgoing(a, d.msg_id, d.traceparent) for d, a in again]
-                    )
-            for delivery, _ in again:
-                log.info("duplicate answered again", extra=_fields(delivery, "re-answered"))
-            works = [Work(d, rows[d.message.order_id]) for d in fresh]
+            works = [Work(d, rows[d.message.order_id]) for d in deliveries]
             charging = [w for w in works if rules.step(w.command, w.row) is Step.CHARGE]
             await self._charge(conn, charging)
             await self._each(
                 lambda w: flows.advance(self._gw, w),
                 [w for w in works if w.outcome is None and not w.redo and w.error is None],
             )
-            return works, len(deliveries) - len(fresh) + await self._commit(conn, works)
+            return works, await self._commit(conn, works)
 
     async def _charge(self, conn: asyncpg.Connection, charging: list[Work]) -> None:
         """Create intents, then record them before anything may confirm them."""
@@ -157,15 +141,14 @@ class PaymentHandler:
         )
 
     async def _commit(self, conn: asyncpg.Connection, works: list[Work]) -> int:
-        """Write outcomes, claim the inbox and enqueue answers in one statement; returns how
-        many commands turned out to be duplicates."""
+        """Write outcomes and enqueue answers in one statement; returns how many commands
+        changed nothing (duplicates)."""
         if not works:
             return 0
         at = datetime.now(UTC)
-        applied, claimed = await store.settle(
-            conn, rounds.changes(works), at, CONSUMER, rounds.claims(works, at)
-        )
-        changed, duplicates = rounds.written(works, applied, claimed, at)
+        answers = rounds.answers(works, at)
+        applied = await store.settle(conn, rounds.changes(works), at, answers)
+        changed, duplicates = rounds.written(works, applied, at)
         for w in changed:
             metrics.outcome(w.row.status)
             compensation = w.row.status in (rules.REFUNDED, rules.VOIDED)
@@ -174,6 +157,12 @@ class PaymentHandler:
                 "payment settled",
                 extra={"orderId": w.row.order_id, "status": w.row.status},
             )
+        for w in works:
+            if w.outcome is None and not w.redo and w.error is None:
+                if rules.reply(w.command, w.row) is not None:
+                    log.info(
+                        "answered again from its row", extra=_fields(w.delivery, "re-answered")
+                    )
         return duplicates
 
     async def _each(self, call: Callable[[Work], Awaitable[None]], works: list[Work]) -> None:

@@ -1,6 +1,6 @@
 """Bookkeeping of a batch of payment commands, pure: which commands go in a round, which
-row changes to write, what each command claims and is answered, decided before the one
-statement that writes them all, and what a command applied before is answered again.
+row changes to write, and what each command is answered, decided before the one statement
+that writes them all.
 
 A `Work` carries one command through a round. A command whose row changed under it (its
 compare-and-set found another version) is marked `redo` and decided again next round.
@@ -8,18 +8,18 @@ compare-and-set found another version) is marked `redo` and decided again next r
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 import msgspec
 
 from jetsaga import outbox
 from jetsaga.consumer import Delivery
-from jetsaga.contracts import AnyMessage, ProcessPayment, RefundPayment
+from jetsaga.contracts import ProcessPayment, RefundPayment
 from jetsaga.outbox import Outgoing
 from payment_service import rules
 from payment_service.flows import Outcome, Work
-from payment_service.store import Change, Claim, Payment
+from payment_service.store import Answer, Change, Payment
 
 
 def command(delivery: Delivery) -> ProcessPayment | RefundPayment:
@@ -79,20 +79,24 @@ def after(row: Payment, outcome: Outcome, at: datetime) -> Payment:
     )
 
 
-def claims(works: Sequence[Work], at: datetime) -> list[Claim]:
-    """What settling the round claims and answers, decided before it is written. A command
-    with a change claims its key and is answered from its row as changed, if the change is
-    applied; one with no change is answered from its row as it is, if its key was not
-    claimed before. A command that failed or is decided again claims nothing."""
+def answers(works: Sequence[Work], at: datetime) -> list[Answer]:
+    """What settling the round answers, decided before it is written. A command with a
+    change is answered from its row as changed, if the change is applied; one with no
+    change (applied before, or one its row already answers) from its row as it is, which
+    is what it was answered the first time. A row still undecided answers nothing yet, nor
+    does a command that failed or is decided again."""
     found = []
     for w in works:
         if w.redo or w.error is not None:
             continue
         if w.outcome is None:
-            found.append(Claim(w.delivery.key, None, _answer(w, w.row)))
+            message = _answer(w, w.row)
+            if message is not None:
+                found.append(Answer(None, message))
         else:
-            row = after(w.row, w.outcome, at)
-            found.append(Claim(w.delivery.key, w.row.order_id, _answer(w, row)))
+            message = _answer(w, after(w.row, w.outcome, at))
+            if message is not None:
+                found.append(Answer(w.row.order_id, message))
     return found
 
 
@@ -103,38 +107,20 @@ def _answer(w: Work, row: Payment) -> Outgoing | None:
     return outbox.outgoing(answer, w.delivery.msg_id, w.delivery.traceparent)
 
 
-def written(
-    works: Sequence[Work], applied: set[str], claimed: set[str], at: datetime
-) -> tuple[list[Work], int]:
+def written(works: Sequence[Work], applied: set[str], at: datetime) -> tuple[list[Work], int]:
     """Once the round is settled: the commands whose change was applied (their rows now as
-    written), and how many commands were duplicates: they changed nothing and their key
-    was claimed before. A change that was not applied marks its command `redo`."""
+    written), and how many commands changed nothing (duplicates). A change that was not
+    applied marks its command `redo`."""
     changed: list[Work] = []
     duplicates = 0
     for w in works:
         if w.redo or w.error is not None:
             continue
         if w.outcome is None:
-            duplicates += w.delivery.key not in claimed
+            duplicates += 1
         elif w.row.order_id in applied:
             w.row = after(w.row, w.outcome, at)
             changed.append(w)
         else:
             w.redo = True
     return changed, duplicates
-
-
-def reanswers(
-    duplicates: Sequence[Delivery], rows: Mapping[str, Payment]
-) -> list[tuple[Delivery, AnyMessage]]:
-    """What commands applied before are answered again: what their rows now imply, which is
-    what they were answered the first time (`rules.reply`). The first answer may have been
-    lost, and the saga re-sends a compensation until it hears one. A row still undecided
-    gets nothing: the command deciding it answers."""
-    again: list[tuple[Delivery, AnyMessage]] = []
-    for delivery in duplicates:
-        row = rows.get(delivery.message.order_id)
-        answer = None if row is None else rules.reply(command(delivery), row)
-        if answer is not None:
-            again.append((delivery, answer))
-    return again

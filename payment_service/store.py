@@ -15,7 +15,7 @@ from typing import Final
 import asyncpg
 import msgspec
 
-from jetsaga import inbox, outbox
+from jetsaga import outbox
 
 # A row's `status` (`payment_service.rules` decides between them).
 PROCESSING: Final = "processing"
@@ -87,8 +87,6 @@ WITH opened AS (
 )
 SELECT 'row' AS kind, * FROM opened
 UNION ALL SELECT 'row', {_COLUMNS} FROM payments WHERE order_id = ANY($1::text[])
-UNION ALL {_VALUE_ROW.format(kind="key", value="msg_key")} FROM processed_messages
-    WHERE consumer = $6 AND msg_key = ANY($7::text[])
 """
 
 # Opening rows to charge commits without waiting for the WAL to reach the disk. Nothing
@@ -110,28 +108,14 @@ _OPEN_UNFLUSHED = (
 )
 
 
-def _rows_and_keys(records: Sequence[asyncpg.Record]) -> tuple[dict[str, Payment], set[str]]:
-    rows: dict[str, Payment] = {}
-    keys: set[str] = set()
-    for record in records:
-        fields = dict(record)
-        kind = fields.pop("kind")
-        if kind == "row":
-            rows[fields["order_id"]] = Payment(**fields)
-        elif kind == "key":
-            keys.add(fields["order_id"])
-    return rows, keys
-
-
 async def open_payments(
-    conn: asyncpg.Connection, openings: Sequence[Opening], consumer: str, keys: Sequence[str]
-) -> tuple[dict[str, Payment], set[str]]:
+    conn: asyncpg.Connection, openings: Sequence[Opening]
+) -> dict[str, Payment]:
     """Create the rows that do not exist yet (an existing row is left as it is) and read
-    every order's row, and which inbox keys the consumer applied before (`seen`), in one
-    statement: returns (rows, seen). When every opening is one to charge, its commit does
-    not wait for the WAL flush: the rows are durable once a later statement has committed
-    (see `_OPEN_UNFLUSHED`), and nothing outside the database may act on them before. Run
-    it outside a transaction: inside one, the whole transaction would commit so.
+    every order's row, in one statement. When every opening is one to charge, its commit
+    does not wait for the WAL flush: the rows are durable once a later statement has
+    committed (see `_OPEN_UNFLUSHED`), and nothing outside the database may act on them
+    before. Run it outside a transaction: inside one, the whole transaction would commit so.
 
     A row another transaction created meanwhile is invisible to that statement (its
     snapshot is older than the row, which the insert waited for): it is read by a second.
@@ -145,13 +129,16 @@ async def open_payments(
         [o.amount for o in openings],
         [o.currency for o in openings],
         [o.payment_method for o in openings],
-        consumer,
-        list(keys),
     )
-    rows, seen = _rows_and_keys(records)
+    rows: dict[str, Payment] = {}
+    for record in records:
+        if record["kind"] == "row":
+            fields = dict(record)
+            del fields["kind"]
+            rows[fields["order_id"]] = Payment(**fields)
     if missing := [order_id for order_id in order_ids if order_id not in rows]:
         rows.update(await load(conn, missing))
-    return rows, seen
+    return rows
 
 
 async def load(
@@ -191,17 +178,15 @@ async def record_intents(
     return _rows(rows)
 
 
-class Claim(msgspec.Struct, frozen=True):
-    """A command of the batch being settled: its inbox key, claimed only if `order_id`'s
-    change is applied (None: always), and its answer, if it has one, sent only if that
-    change is applied (None: if the key is claimed now, which it was not before)."""
+class Answer(msgspec.Struct, frozen=True):
+    """The answer to a command of the batch being settled, sent only if `order_id`'s change
+    is applied (None: a command that changes nothing, answered from its row as it is)."""
 
-    key: str
     order_id: str | None
-    answer: outbox.Outgoing | None
+    message: outbox.Outgoing
 
 
-_SETTLE = f"""
+_SETTLE = """
 WITH applied AS (
     UPDATE payments AS p SET status = c.status,
         payment_id = coalesce(c.payment_id, p.payment_id),
@@ -212,38 +197,30 @@ WITH applied AS (
         AS c (order_id, version, status, payment_id, refund_id, failure_reason)
     WHERE p.order_id = c.order_id AND p.version = c.version RETURNING p.order_id
 ),
-claimed AS ({inbox.claim_if_written_statement(8, 9, 10, "applied")}),
 sent AS (
     INSERT INTO outbox (subject, msg_id, payload, saga_id, causation_id, traceparent)
-    SELECT s, m, b, g, c, tp FROM unnest($9::text[], $10::text[], $11::text[], $12::text[],
-        $13::bytea[], $14::text[], $15::text[], $16::text[]) AS a (k, o, s, m, b, g, c, tp)
-    WHERE s IS NOT NULL AND CASE WHEN o IS NULL THEN k IN (SELECT msg_key FROM claimed)
-                                 ELSE o IN (SELECT order_id FROM applied) END
+    SELECT s, m, b, g, c, tp FROM unnest($8::text[], $9::text[], $10::text[], $11::bytea[],
+        $12::text[], $13::text[], $14::text[]) AS a (o, s, m, b, g, c, tp)
+    WHERE o IS NULL OR o IN (SELECT order_id FROM applied)
     RETURNING id
 )
 SELECT 'applied' AS kind, order_id AS value FROM applied
-UNION ALL SELECT 'claimed', msg_key FROM claimed
 UNION ALL SELECT 'sent', id::text FROM sent
 """
 
 
 async def settle(
-    conn: asyncpg.Connection,
-    changes: Sequence[Change],
-    at: datetime,
-    consumer: str,
-    claims: Sequence[Claim],
-) -> tuple[set[str], set[str]]:
+    conn: asyncpg.Connection, changes: Sequence[Change], at: datetime, answers: Sequence[Answer]
+) -> set[str]:
     """In one statement, so in one implicit transaction: apply the changes whose row is
-    still at the version read (`updated_at` = `at`), claim the inbox keys and write the
-    answers, each on its `Claim`'s condition. Returns the orders whose change was applied
-    and the keys claimed now.
+    still at the version read (`updated_at` = `at`) and write the answers, each on its
+    `Answer`'s condition. Returns the orders whose change was applied.
 
     The rows' `updated_at` is the caller's clock, not the database's: the answers (a
     failure's timestamp among them) are made from the rows before they are written.
     """
-    if not changes and not claims:
-        return set(), set()
+    if not changes and not answers:
+        return set()
     records = await conn.fetch(
         _SETTLE,
         [c.order_id for c in changes],
@@ -253,18 +230,10 @@ async def settle(
         [c.refund_id for c in changes],
         [c.failure_reason for c in changes],
         at,
-        consumer,
-        [c.key for c in claims],
-        [c.order_id for c in claims],
-        *outbox.insert_args([c.answer for c in claims]),
+        [a.order_id for a in answers],
+        *outbox.insert_args([a.message for a in answers]),
     )
     applied = {value for kind, value in records if kind == "applied"}
-    claimed = {value for kind, value in records if kind == "claimed"}
-    sent = [
-        c.answer
-        for c in claims
-        if c.answer is not None
-        and (c.key in claimed if c.order_id is None else c.order_id in applied)
-    ]
+    sent = [a.message for a in answers if a.order_id is None or a.order_id in applied]
     outbox.stage([int(value) for kind, value in records if kind == "sent"], sent)
-    return applied, claimed
+    return applied

@@ -1,5 +1,5 @@
-"""Which duplicate payment commands are answered again, and with what (`rounds.reanswers`),
-and what a round writes: rows as changed, inbox claims and answers, each on its condition."""
+"""What a payment round writes: rows as changed, and answers, each on its condition; a
+command that changes nothing is answered from its row as it is (`rounds.answers`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from jetsaga.contracts import (
 )
 from payment_service import rounds, rules
 from payment_service.flows import Outcome, Work
-from payment_service.store import Claim, Payment
+from payment_service.store import Answer, Payment
 
 AT = datetime(2025, 1, 2, tzinfo=UTC)
 
@@ -33,28 +33,6 @@ def row(order_id: str, status: str, intent: str | None = None) -> Payment:
                    payment_method="pm_card_visa", intent_id=intent, payment_id=intent,
                    refund_id=None, failure_reason=None, version=2, created_at=AT,
                    updated_at=AT)  # fmt: skip
-
-
-def test_each_duplicate_gets_what_its_row_implies_and_undecided_or_missing_rows_nothing() -> None:
-    voided = delivery(RefundPayment(order_id="o-1", reason="timeout"))
-    charged = delivery(ProcessPayment(order_id="o-2", customer_id="c", amount=100,
-                                      currency="usd", payment_method="pm_card_visa"))  # fmt: skip
-    undecided = delivery(RefundPayment(order_id="o-3", reason="timeout"))
-    missing = delivery(RefundPayment(order_id="o-4", reason="timeout"))
-    rows = {
-        "o-1": row("o-1", "voided"),
-        "o-2": row("o-2", "succeeded", "pi_2"),
-        "o-3": row("o-3", "processing", "pi_3"),
-    }
-    again = rounds.reanswers([voided, charged, undecided, missing], rows)
-    assert again == [
-        (voided, PaymentRefunded(order_id="o-1")),
-        (charged, rules.reply(rounds.command(charged), rows["o-2"])),
-    ]
-
-
-def test_no_duplicates_no_answers() -> None:
-    assert rounds.reanswers([], {}) == []
 
 
 def process_(order_id: str) -> Delivery:
@@ -82,22 +60,25 @@ def test_the_row_after_a_change_keeps_what_the_change_leaves_out() -> None:
     )  # fmt: skip
 
 
-def test_a_change_claims_and_answers_if_applied_a_command_as_is_if_its_key_is_new() -> None:
+def test_a_change_is_answered_if_applied_a_command_that_changes_nothing_from_its_row() -> None:
     declined = Work(process_("o-1"), row("o-1", "processing", "pi_1"),
                     outcome=Outcome(status="failed", failure_reason="card_declined"))  # fmt: skip
     as_is = Work(refund_("o-2"), row("o-2", "voided"))
+    charged = Work(process_("o-6"), row("o-6", "succeeded", "pi_6"))
     undecided = Work(refund_("o-3"), row("o-3", "processing"))
     redo = Work(refund_("o-4"), row("o-4", "processing"), redo=True)
     failed = Work(refund_("o-5"), row("o-5", "processing"), error=RuntimeError("gateway"))
-    found = rounds.claims([declined, as_is, undecided, redo, failed], LATER)
+    found = rounds.answers([declined, as_is, charged, undecided, redo, failed], LATER)
     answer = rules.reply(declined.command, rounds.after(declined.row, declined.outcome, LATER))
     assert isinstance(answer, PaymentFailed) and answer.timestamp == LATER.isoformat()
+    again = rules.reply(charged.command, charged.row)
+    assert again is not None
     assert found == [
-        Claim(declined.delivery.key, "o-1",
-              outbox.outgoing(answer, declined.delivery.msg_id, declined.delivery.traceparent)),
-        Claim(as_is.delivery.key, None, outbox.outgoing(PaymentRefunded(order_id="o-2"),
-                                                        as_is.delivery.msg_id, None)),
-        Claim(undecided.delivery.key, None, None),
+        Answer("o-1", outbox.outgoing(answer, declined.delivery.msg_id,
+                                      declined.delivery.traceparent)),
+        Answer(None, outbox.outgoing(PaymentRefunded(order_id="o-2"), as_is.delivery.msg_id,
+                                     None)),
+        Answer(None, outbox.outgoing(again, charged.delivery.msg_id, None)),
     ]  # fmt: skip
 
 
@@ -106,12 +87,10 @@ def test_once_written_an_applied_change_updates_its_row_and_one_not_applied_is_r
                    outcome=Outcome(status="refunded", refund_id="re_1"))  # fmt: skip
     raced = Work(refund_("o-2"), row("o-2", "succeeded", "pi_2"),
                  outcome=Outcome(status="refunded", refund_id="re_2"))  # fmt: skip
-    new_key = Work(refund_("o-3"), row("o-3", "voided"))
-    seen_key = Work(refund_("o-4"), row("o-4", "voided"))
-    changed, duplicates = rounds.written(
-        [applied, raced, new_key, seen_key], {"o-1"}, {new_key.delivery.key}, LATER
-    )
+    as_is = Work(refund_("o-3"), row("o-3", "voided"))
+    redo = Work(refund_("o-4"), row("o-4", "processing"), redo=True)
+    changed, duplicates = rounds.written([applied, raced, as_is, redo], {"o-1"}, LATER)
     assert changed == [applied] and applied.row.status == "refunded"
     assert applied.row.version == 3 and applied.row.updated_at == LATER
     assert raced.redo and raced.row.status == "succeeded"
-    assert duplicates == 1
+    assert duplicates == 1  # the command that changed nothing
