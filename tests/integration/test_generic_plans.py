@@ -44,7 +44,7 @@ PAYMENTS = (
     ("service", "table", "fill", "sql", "key", "avoided"),
     [
         pytest.param(payment_main, "payments", PAYMENTS, payment_store.RECORD_INTENTS,
-                     "payments_pkey", ("payments_processing", "intent_id_key"),
+                     "payments_pkey", ("intent_id_key",),
                      id="recording intents"),
     ],
 )  # fmt: skip

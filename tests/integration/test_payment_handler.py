@@ -309,6 +309,26 @@ async def wal_syncs(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT wal_sync FROM pg_stat_wal"))
 
 
+async def test_settling_changes_no_indexed_column_so_it_can_update_in_place(
+    pool: asyncpg.Pool,
+) -> None:
+    # A settle writes these columns; an index on any of them (in its key or its predicate)
+    # would move every settled row to a new place, with an entry in every index.
+    settled = {"status", "payment_id", "refund_id", "failure_reason", "version", "updated_at"}
+    indexed = await pool.fetch(
+        "SELECT i.indexrelid::regclass::text AS name, a.attname FROM pg_index i"
+        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum > 0"
+        " AND (a.attnum = ANY(i.indkey) OR pg_get_expr(i.indpred, i.indrelid) ~ a.attname)"
+        " WHERE i.indrelid = 'payments'::regclass"
+    )
+    assert {r["name"] for r in indexed} == {"payments_pkey", "payments_intent_id_key"}
+    assert not [r for r in indexed if r["attname"] in settled]
+    fillfactor = await pool.fetchval(
+        "SELECT reloptions FROM pg_class WHERE oid = 'payments'::regclass"
+    )
+    assert "fillfactor=80" in fillfactor  # room on the page for the settled version
+
+
 async def test_opening_rows_to_charge_does_not_wait_for_the_wal_flush_and_voiding_does(
     pool: asyncpg.Pool,
 ) -> None:
