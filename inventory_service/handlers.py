@@ -4,15 +4,14 @@ Confirm applies its whole batch in one transaction: lock the reservations and th
 hold, let `rules` decide in the batch's order, and write the plan back; a sold reservation
 says itself that it was sold, so it claims no inbox key. Nor does a reserved order: its
 reservation row says it was applied (only an order refused claims one). New orders and
-release requests
-take no lock and open no transaction: one statement reads the inbox and the rows the batch
-is decided on (for new orders, the stock and which orders have a reservation row; for
-releases, the reservations), `rules` decide, and one more writes the changes, the inbox
-claims and the answers, each change only if its rows are still as read, and stock relative
-to what it holds (the database refuses stock below what a batch reserved). What was decided
-on rows that changed meanwhile is decided again from a new read. A message applied before
-changes nothing, but is answered again from its row (`reanswers`), as its first answer may
-have been lost.
+release requests take no lock and open no transaction: one statement reads the inbox and
+the rows the batch is decided on (for new orders, the stock and which orders have a
+reservation row; for releases, the reservations), `rules` decide, and one more writes the
+changes, the inbox claims and the answers, each change only if its rows are still as read,
+and stock relative to what it holds (the database refuses stock below what a batch
+reserved). What was decided on rows that changed meanwhile is decided again from a new
+read. A message applied before changes nothing, but is answered again from its row
+(`reanswers`), as its first answer may have been lost.
 """
 
 from __future__ import annotations
