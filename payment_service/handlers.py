@@ -157,12 +157,11 @@ class PaymentHandler:
                 "payment settled",
                 extra={"orderId": w.row.order_id, "status": w.row.status},
             )
+        # An answer with no change to wait for is one its row gave before: log those.
+        again = {a.message.causation_id for a in answers if a.order_id is None}
         for w in works:
-            if w.outcome is None and not w.redo and w.error is None:
-                if rules.reply(w.command, w.row) is not None:
-                    log.info(
-                        "answered again from its row", extra=_fields(w.delivery, "re-answered")
-                    )
+            if w.delivery.msg_id in again:
+                log.info("answered again from its row", extra=_fields(w.delivery, "re-answered"))
         return duplicates
 
     async def _each(self, call: Callable[[Work], Awaitable[None]], works: list[Work]) -> None:
